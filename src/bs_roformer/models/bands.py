@@ -1,0 +1,246 @@
+"""Frequency bands: the band split (spectrum -> one token per band) and the mask estimators (tokens -> masks).
+
+A band reads the flat spectral features of its bins in (bin, channel, real/imag) order, the order every classic
+checkpoint was trained with. Parameters live under the classic per-band keys (`to_features.{band}...`,
+`to_freqs.{band}...`), but nothing loops over bands at run time: bands of similar width are grouped, their weights
+stacked (zero-padded to the group's widest band) and applied with one batched product per group.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import RMSNorm
+
+DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
+
+
+def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> torch.Tensor:
+    """(num_bands, n_fft // 2 + 1) bool: the bins of each Mel band.
+
+    The support of librosa's `filters.mel(sr, n_fft, n_mels)` (Slaney scale and area norm, fmin 0, fmax sr / 2),
+    computed here with the same float64 formulas, plus the two corner entries set as the classic code does, so that
+    the lowest and highest bins are covered.
+    """
+
+    def hz_to_mel(hz):
+        hz = np.asanyarray(hz, dtype=np.float64)
+        mel = hz / (200.0 / 3)
+        log_region = hz >= 1000.0
+        return np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
+
+    def mel_to_hz(mel):
+        hz = (200.0 / 3) * mel
+        log_region = mel >= 15.0
+        return np.where(log_region, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), hz)
+
+    bin_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2.0), num_bands + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - bin_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    membership = torch.from_numpy(weights > 0)
+    membership[0, 0] = True
+    membership[-1, -1] = True
+    if not membership.any(dim=0).all():
+        raise ValueError(f"{num_bands} mel bands leave some of the {n_fft // 2 + 1} STFT bins uncovered")
+    return membership
+
+
+def band_feature_indices(band_bins: list[list[int]], channels: int) -> list[torch.Tensor]:
+    """For each band, the positions of its features in the flat (bin, channel, real/imag) feature vector."""
+    offsets = torch.arange(2 * channels)
+    return [(torch.tensor(bins)[:, None] * 2 * channels + offsets).flatten() for bins in band_bins]
+
+
+def group_bands(widths: list[int], max_waste: float = 0.03) -> list[list[int]]:
+    """Split bands (sorted by width) into groups run as one zero-padded batched product each.
+
+    Minimises the padded size plus a fixed cost per group (`max_waste` of the total size, standing for one more
+    kernel launch), so bands of equal width share a group and few groups remain (7 for the default BS bands).
+    """
+    order = sorted(range(len(widths)), key=lambda band: (widths[band], band))
+    sorted_widths = [widths[band] for band in order]
+    group_cost = max_waste * sum(widths)
+    best = [0.0] + [math.inf] * len(order)
+    start_of = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + group_cost + (end - start) * sorted_widths[end - 1]
+            if cost < best[end]:
+                best[end], start_of[end] = cost, start
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[start_of[end] : end])
+        end = start_of[end]
+    return groups[::-1]
+
+
+class WeightPacker:
+    """Builds stacked weights from per-band parameters; caches them while the parameters cannot change.
+
+    In training (gradients flowing to the parameters) packing is part of the graph and runs each call; in
+    inference the packed tensors are reused until a parameter is modified, moved or replaced.
+    """
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def get(self, name: str, params: list[torch.Tensor], build):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return build()
+        signature = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != signature:
+            with torch.no_grad():
+                cached = (signature, build())
+            self._cache[name] = cached
+        return cached[1]
+
+
+class _GroupedBands(nn.Module):
+    """Index buffers shared by the band split and the mask estimators."""
+
+    def __init__(self, feature_indices: list[torch.Tensor], num_features: int):
+        super().__init__()
+        self.num_features = num_features
+        self.band_widths = [len(indices) for indices in feature_indices]
+        self.groups = group_bands(self.band_widths)
+        self.group_widths = [max(self.band_widths[band] for band in group) for group in self.groups]
+        self._packer = WeightPacker()
+        # the concatenated groups hold the bands in `self.groups` order; `band_order` puts them back in band order
+        grouped_order = [band for group in self.groups for band in group]
+        self.register_buffer("band_order", torch.tensor(grouped_order).argsort(), persistent=False)
+        for g, (group, width) in enumerate(zip(self.groups, self.group_widths)):
+            # padded slots read (and write to) position `num_features`, an extra zero feature
+            gather = torch.full((len(group), width), num_features, dtype=torch.long)
+            for row, band in enumerate(group):
+                gather[row, : self.band_widths[band]] = feature_indices[band]
+            self.register_buffer(f"gather_{g}", gather, persistent=False)
+            self.register_buffer(f"group_bands_{g}", torch.tensor(group), persistent=False)
+
+    def _group_buffers(self, g: int):
+        return getattr(self, f"gather_{g}"), getattr(self, f"group_bands_{g}")
+
+    def _padded_positions(self, g: int, halves: int) -> torch.Tensor:
+        """Row positions of each band's parameters (concatenated in group order) inside the zero-padded stack.
+
+        A layer whose output is `halves` blocks of the band width (2 for the GLU's value and gate halves) pads
+        each block separately, so the GLU split stays aligned."""
+        group, width = self.groups[g], self.group_widths[g]
+        positions = [
+            row * halves * width + half * width + torch.arange(self.band_widths[band])
+            for row, band in enumerate(group)
+            for half in range(halves)
+        ]
+        return torch.cat(positions)
+
+
+class BandSplit(_GroupedBands):
+    """Per band: RMSNorm over its features, then Linear(band width -> dim). Output (batch, frames, bands, dim)."""
+
+    def __init__(self, dim: int, feature_indices: list[torch.Tensor], num_features: int):
+        super().__init__(feature_indices, num_features)
+        self.dim = dim
+        self.to_features = nn.ModuleList(
+            [nn.Sequential(RMSNorm(width), nn.Linear(width, dim)) for width in self.band_widths]
+        )
+
+    def _packed(self, g: int):
+        """(weight (bands, width, dim) with each band's norm gain folded in, bias (bands, dim)) for group g."""
+        group, width = self.groups[g], self.group_widths[g]
+        norms = [self.to_features[band][0] for band in group]
+        linears = [self.to_features[band][1] for band in group]
+
+        def build():
+            gains = torch.cat([norm.gamma * norm.scale for norm in norms])
+            rows = torch.cat([linear.weight.t() for linear in linears]) * gains[:, None]
+            stacked = rows.new_zeros(len(group) * width, self.dim).index_copy(0, self._padded_positions(g, 1).to(rows.device), rows)
+            return stacked.view(len(group), width, self.dim), torch.stack([linear.bias for linear in linears])
+
+        params = [p for module in norms + linears for p in module.parameters()]
+        return self._packer.get(f"group_{g}", params, build)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (batch, frames, num_features) in (bin, channel, real/imag) order."""
+        features = F.pad(features, (0, 1))
+        outputs = []
+        for g in range(len(self.groups)):
+            gather, _ = self._group_buffers(g)
+            weight, bias = self._packed(g)
+            band_features = F.normalize(features[..., gather], dim=-1)  # zero padding leaves the norm unchanged
+            out = torch.einsum("btnw,nwd->btnd", band_features, weight)
+            outputs.append(out + bias.to(out.dtype))
+        return torch.cat(outputs, dim=2).index_select(2, self.band_order)
+
+
+class MaskEstimator(_GroupedBands):
+    """Per band: MLP (Tanh between Linear layers) then GLU, giving the band's complex mask features.
+
+    `num_linear` Linear layers, hidden width `dim * mlp_expansion_factor`. Returns (batch, frames, num_features):
+    each feature's mask summed over the bands that contain it (one band for BS-RoFormer, up to two for Mel).
+    """
+
+    def __init__(self, dim, feature_indices, num_features, num_linear, mlp_expansion_factor=4):
+        super().__init__(feature_indices, num_features)
+        hidden = dim * mlp_expansion_factor
+        self.to_freqs = nn.ModuleList()
+        for width in self.band_widths:
+            sizes = [dim] + [hidden] * (num_linear - 1) + [2 * width]
+            layers = []
+            for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+                layers += [nn.Linear(size_in, size_out), nn.Tanh()]
+            self.to_freqs.append(nn.Sequential(nn.Sequential(*layers[:-1]), nn.GLU(dim=-1)))
+        self.num_linear = num_linear
+        scatter = torch.cat([self._group_buffers(g)[0].flatten() for g in range(len(self.groups))])
+        self.register_buffer("scatter_index", scatter, persistent=False)
+
+    def _linears(self, band: int) -> list[nn.Linear]:
+        return list(self.to_freqs[band][0][::2])
+
+    def _packed_hidden(self, layer: int):
+        """(weight (bands, in, out), bias (bands, out)) of hidden layer `layer`, same shape for every band."""
+        linears = [self._linears(band)[layer] for band in range(len(self.band_widths))]
+
+        def build():
+            weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)
+            return weight, torch.stack([linear.bias for linear in linears])
+
+        return self._packer.get(f"hidden_{layer}", [p for m in linears for p in m.parameters()], build)
+
+    def _packed_output(self, g: int):
+        """(weight (bands, 2 * width, hidden), bias (bands, 2 * width)) of the last layer for group g."""
+        group, width = self.groups[g], self.group_widths[g]
+        linears = [self._linears(band)[-1] for band in group]
+
+        def build():
+            positions = self._padded_positions(g, 2).to(linears[0].weight.device)
+            rows = torch.cat([linear.weight for linear in linears])
+            weight = rows.new_zeros(len(group) * 2 * width, rows.shape[1]).index_copy(0, positions, rows)
+            biases = torch.cat([linear.bias for linear in linears])
+            bias = biases.new_zeros(len(group) * 2 * width).index_copy(0, positions, biases)
+            return weight.view(len(group), 2 * width, -1), bias.view(len(group), 2 * width)
+
+        return self._packer.get(f"output_{g}", [p for m in linears for p in m.parameters()], build)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, frames, bands, dim) -> (batch, frames, num_features)."""
+        for layer in range(self.num_linear - 1):
+            weight, bias = self._packed_hidden(layer)
+            x = torch.einsum("btni,nio->btno", x, weight)
+            x = torch.tanh(x + bias.to(x.dtype))
+        masks = []
+        for g in range(len(self.groups)):
+            _, bands = self._group_buffers(g)
+            weight, bias = self._packed_output(g)
+            out = torch.einsum("btnh,noh->btno", x.index_select(2, bands), weight)
+            masks.append(F.glu(out + bias.to(out.dtype), dim=-1).flatten(2))
+        masks = torch.cat(masks, dim=-1)
+        # padded slots land in the extra slot `num_features`; one more keeps rows of (real, imag) pairs aligned
+        summed = masks.new_zeros(*masks.shape[:2], self.num_features + 2).index_add_(-1, self.scatter_index, masks)
+        return summed[..., : self.num_features]

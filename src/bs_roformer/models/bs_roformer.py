@@ -1,0 +1,79 @@
+"""BS-RoFormer (Lu et al. 2023): band-split RoPE transformer with fixed, non-overlapping frequency bands."""
+
+import torch
+
+from .bands import DEFAULT_FREQS_PER_BANDS
+from .roformer import Roformer, warn_ignored
+
+
+class BSRoformer(Roformer):
+    """Band-Split RoFormer, with the constructor of the classic package and the semantics of MSST's copy.
+
+    `freqs_per_bands` gives the number of STFT bins in each band, lowest first; they must add up to
+    `stft_n_fft // 2 + 1`. The mask estimator has `mask_estimator_depth` Linear layers. The output has the input's
+    length (MSST; the classic package returned `hop * (samples // hop)` samples, the same values).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        depth: int,
+        stereo: bool = False,
+        num_stems: int = 1,
+        time_transformer_depth: int = 2,
+        freq_transformer_depth: int = 2,
+        linear_transformer_depth: int = 0,
+        freqs_per_bands: tuple[int, ...] = DEFAULT_FREQS_PER_BANDS,
+        dim_head: int = 64,
+        heads: int = 8,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        flash_attn: bool = True,
+        stft_n_fft: int = 2048,
+        stft_hop_length: int = 512,
+        stft_win_length: int = 2048,
+        stft_normalized: bool = False,
+        stft_window_fn=None,
+        zero_dc: bool = True,
+        mask_estimator_depth: int = 2,
+        multi_stft_resolution_loss_weight: float = 1.0,
+        multi_stft_resolutions_window_sizes: tuple[int, ...] = (4096, 2048, 1024, 512, 256),
+        multi_stft_hop_size: int = 147,
+        multi_stft_normalized: bool = False,
+        multi_stft_window_fn=torch.hann_window,
+        mlp_expansion_factor: int = 4,
+        use_torch_checkpoint: bool = False,
+        skip_connection: bool = False,
+        add_value_residual: bool = False,
+        **ignored,
+    ):
+        warn_ignored(ignored)
+        num_bins = stft_n_fft // 2 + 1
+        freqs_per_bands = tuple(int(width) for width in freqs_per_bands)
+        if len(freqs_per_bands) < 2 or sum(freqs_per_bands) != num_bins or min(freqs_per_bands) < 1:
+            raise ValueError(
+                f"freqs_per_bands must be at least 2 positive band widths adding up to stft_n_fft // 2 + 1 = "
+                f"{num_bins} bins (stft_n_fft={stft_n_fft}); got {len(freqs_per_bands)} bands adding up to "
+                f"{sum(freqs_per_bands)}"
+            )
+        if mask_estimator_depth < 1:
+            raise ValueError(f"mask_estimator_depth must be >= 1 for BSRoformer, got {mask_estimator_depth}")
+        edges = torch.tensor((0,) + freqs_per_bands).cumsum(0).tolist()
+        band_bins = [list(range(start, end)) for start, end in zip(edges[:-1], edges[1:])]
+        self.freqs_per_bands = freqs_per_bands
+        super().__init__(
+            dim=dim, depth=depth, band_bins=band_bins, stereo=stereo, num_stems=num_stems,
+            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
+            linear_transformer_depth=linear_transformer_depth, dim_head=dim_head, heads=heads,
+            attn_dropout=attn_dropout, ff_dropout=ff_dropout, flash_attn=flash_attn, stft_n_fft=stft_n_fft,
+            stft_hop_length=stft_hop_length, stft_win_length=stft_win_length, stft_normalized=stft_normalized,
+            stft_window_fn=stft_window_fn, zero_dc=zero_dc, mask_linear_layers=mask_estimator_depth,
+            mlp_expansion_factor=mlp_expansion_factor,
+            multi_stft_resolution_loss_weight=multi_stft_resolution_loss_weight,
+            multi_stft_resolutions_window_sizes=multi_stft_resolutions_window_sizes,
+            multi_stft_hop_size=multi_stft_hop_size, multi_stft_normalized=multi_stft_normalized,
+            multi_stft_window_fn=multi_stft_window_fn, use_torch_checkpoint=use_torch_checkpoint,
+            skip_connection=skip_connection, add_value_residual=add_value_residual,
+            transformer_norms=False, final_norm=True,
+        )

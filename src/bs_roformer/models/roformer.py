@@ -1,0 +1,180 @@
+"""What BS-RoFormer and Mel-Band RoFormer share: STFT -> band split -> axial transformers -> masks -> iSTFT.
+
+Shapes (einops letters): b batch, s audio channels, n stems, t samples, f STFT bins, T frames, k bands, d dim.
+"""
+
+import warnings
+
+import torch
+from torch import nn
+
+from .attention import RMSNorm, RotaryEmbedding, Transformer
+from .bands import BandSplit, MaskEstimator, band_feature_indices
+from .loss import MultiResolutionSTFTLoss, roformer_loss
+from .stft import STFT
+
+# Keys found in published configs that the model does not use; accepted with a warning so those configs load.
+IGNORED_CONFIG_KEYS = {
+    "dim_freqs_in": "the number of bins follows from stft_n_fft",
+    "sage_attention": "SageAttention is a CUDA kernel choice; scaled_dot_product_attention is used",
+}
+
+
+def warn_ignored(options: dict):
+    for key, value in options.items():
+        if key not in IGNORED_CONFIG_KEYS:
+            raise TypeError(f"unknown model option {key!r} (= {value!r})")
+        warnings.warn(f"model option {key}={value!r} is ignored: {IGNORED_CONFIG_KEYS[key]}", stacklevel=3)
+
+
+class Roformer(nn.Module):
+    """The common forward pass. Subclasses choose the bands and where the RMSNorms sit."""
+
+    def __init__(
+        self, *, dim, depth, band_bins, stereo, num_stems, time_transformer_depth, freq_transformer_depth,
+        linear_transformer_depth, dim_head, heads, attn_dropout, ff_dropout, flash_attn,
+        stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn, zero_dc,
+        mask_linear_layers, mlp_expansion_factor, multi_stft_resolution_loss_weight,
+        multi_stft_resolutions_window_sizes, multi_stft_hop_size, multi_stft_normalized, multi_stft_window_fn,
+        use_torch_checkpoint, skip_connection, add_value_residual, transformer_norms, final_norm,
+    ):
+        super().__init__()
+        self.stereo = stereo
+        self.audio_channels = 2 if stereo else 1
+        self.num_stems = num_stems
+        self.zero_dc = zero_dc
+        self.skip_connection = skip_connection
+        self.stft = STFT(stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn)
+
+        time_rotary, freq_rotary = RotaryEmbedding(dim_head), RotaryEmbedding(dim_head)
+        common = dict(dim=dim, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+                      norm_output=transformer_norms, flash_attn=flash_attn, grad_checkpoint=use_torch_checkpoint)
+        self.layers = nn.ModuleList()
+        for block in range(depth):
+            axes = [
+                Transformer(depth=time_transformer_depth, rotary_embed=time_rotary, value_residual=add_value_residual,
+                            holds_first_values=block == 0, **common),
+                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rotary, value_residual=add_value_residual,
+                            holds_first_values=block == 0, **common),
+            ]
+            if linear_transformer_depth > 0:
+                axes.insert(0, Transformer(depth=linear_transformer_depth, linear_attn=True, **common))
+            self.layers.append(nn.ModuleList(axes))
+        self.final_norm = RMSNorm(dim) if final_norm else None
+
+        feature_indices = band_feature_indices(band_bins, self.audio_channels)
+        num_features = 2 * self.audio_channels * self.stft.num_bins
+        self.band_split = BandSplit(dim, feature_indices, num_features)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor)
+            for _ in range(num_stems)
+        )
+        # each bin's mask is the mean over the bands that contain it (1 everywhere for BS-RoFormer)
+        bands_per_feature = torch.zeros(num_features).index_add_(0, torch.cat(feature_indices), torch.ones(sum(map(len, feature_indices))))
+        self.register_buffer("inverse_band_count", 1.0 / bands_per_feature, persistent=False)
+        self.averages_overlaps = bool((bands_per_feature > 1).any())
+
+        self.multi_stft_resolution_loss_weight = multi_stft_resolution_loss_weight
+        self.multi_resolution_loss = MultiResolutionSTFTLoss(
+            multi_stft_resolutions_window_sizes, multi_stft_hop_size, stft_n_fft, multi_stft_normalized,
+            multi_stft_window_fn,
+        )
+
+    # ---- input checks -------------------------------------------------------------------------------------------
+
+    def _check_audio(self, raw_audio: torch.Tensor) -> torch.Tensor:
+        if raw_audio.ndim == 2:
+            raw_audio = raw_audio.unsqueeze(1)
+        if raw_audio.ndim != 3:
+            raise ValueError(
+                f"expected audio shaped (batch, samples) or (batch, channels, samples), got shape {tuple(raw_audio.shape)}"
+            )
+        channels, samples = raw_audio.shape[1], raw_audio.shape[-1]
+        if channels != self.audio_channels:
+            kind = "stereo" if self.stereo else "mono"
+            raise ValueError(
+                f"this model is {kind} (stereo={self.stereo}) and expects {self.audio_channels} channel(s), "
+                f"got {channels}: {'duplicate the mono channel' if self.stereo else 'average the channels'} first, "
+                f"or use a model built with stereo={not self.stereo}"
+            )
+        if samples <= self.stft.n_fft // 2:
+            raise ValueError(
+                f"input of {samples} samples is too short: the STFT (n_fft={self.stft.n_fft}) needs more than "
+                f"{self.stft.n_fft // 2} samples; pad the audio"
+            )
+        if not torch.isfinite(raw_audio).all():
+            raise ValueError("input audio contains NaN or infinite samples; replace them (e.g. torch.nan_to_num)")
+        return raw_audio
+
+    def _check_target(self, target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        if self.num_stems == 1 and target.ndim == estimate.ndim - 1 and not self.stereo:
+            target = target.unsqueeze(-2)  # (b, t) mono target
+        if target.shape != estimate.shape:
+            layout = "(batch, stems, channels, samples)" if self.num_stems > 1 else "(batch, channels, samples)"
+            raise ValueError(
+                f"target must be shaped {layout} = {tuple(estimate.shape)} to match the output, "
+                f"got {tuple(target.shape)}"
+            )
+        return target
+
+    # ---- forward --------------------------------------------------------------------------------------------------
+
+    def _istft_length(self, samples: int) -> int | None:
+        return samples
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The axial transformer stack over x (b, T, k, d)."""
+        b, frames, bands, d = x.shape
+        time_values = freq_values = None
+        block_outputs = []
+        for axes in self.layers:
+            if len(axes) == 3:  # linear attention over all frames x bands tokens of an item
+                x, _ = axes[0](x.reshape(b, frames * bands, d))
+            if self.skip_connection:  # add every earlier block's output (after the linear transformer, as MSST)
+                x = x.reshape(b, frames, bands, d)
+                for earlier in block_outputs:
+                    x = x + earlier
+            time_transformer, freq_transformer = axes[-2:]
+            x = x.reshape(b, frames, bands, d).transpose(1, 2).reshape(b * bands, frames, d)
+            x, time_values = time_transformer(x, time_values)
+            x = x.reshape(b, bands, frames, d).transpose(1, 2).reshape(b * frames, bands, d)
+            x, freq_values = freq_transformer(x, freq_values)
+            x = x.reshape(b, frames, bands, d)
+            if self.skip_connection:
+                block_outputs.append(x)
+        return x
+
+    def forward(self, raw_audio: torch.Tensor, target: torch.Tensor | None = None, return_loss_breakdown=False):
+        """raw_audio (b, t) or (b, s, t) -> stems (b, s, t) for one stem, (b, n, s, t) for several.
+
+        With `target` (shaped like the output), returns the loss instead (and its parts with
+        `return_loss_breakdown`)."""
+        audio = self._check_audio(raw_audio)
+        b, s, samples = audio.shape
+        spec = self.stft(audio)  # (b, s, f, T) complex
+        frames = spec.shape[-1]
+        # features in (bin, channel, real/imag) order per frame: the order the band weights expect
+        features = torch.view_as_real(spec).permute(0, 3, 2, 1, 4).reshape(b, frames, -1)
+
+        x = self.band_split(features)
+        x = self._transform(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        masks = torch.stack([estimator(x) for estimator in self.mask_estimators], dim=1).float()
+        if self.averages_overlaps:
+            masks = masks * self.inverse_band_count
+        masks = torch.view_as_complex(masks.view(b, self.num_stems, frames, -1, s, 2))
+
+        stems = spec.permute(0, 3, 2, 1).unsqueeze(1) * masks  # (b, n, T, f, s)
+        stems = stems.permute(0, 1, 4, 3, 2)  # (b, n, s, f, T)
+        if self.zero_dc:
+            stems = torch.cat([torch.zeros_like(stems[..., :1, :]), stems[..., 1:, :]], dim=-2)
+        estimate = self.stft.inverse(stems, self._istft_length(samples))
+        if self.num_stems == 1:
+            estimate = estimate.squeeze(1)
+
+        if target is None:
+            return estimate
+        target = self._check_target(target, estimate)
+        total, parts = roformer_loss(estimate, target, self.multi_resolution_loss, self.multi_stft_resolution_loss_weight)
+        return (total, parts) if return_loss_breakdown else total
