@@ -45,15 +45,17 @@ class RotaryEmbedding(nn.Module):
 
     def rotation(self, length: int, device: torch.device) -> torch.Tensor:
         """Unit complex numbers e^{i * position * freq}, shape (length, dim_head / 2), complex64."""
-        key = (length, device)
-        table = self._cache.get(key)
-        if table is None:
-            positions = torch.arange(length, device=device, dtype=torch.float32)
-            angles = positions[:, None] * self.freqs.detach().to(device=device, dtype=torch.float32)[None, :]
-            table = torch.polar(torch.ones_like(angles), angles)
-            if not torch.compiler.is_compiling():
-                self._cache[key] = table
-        return table
+        if torch.compiler.is_compiling():  # the compiled graph computes (and fuses) the table itself
+            return self._table(length, device)
+        key = (length, device, self.freqs.data_ptr(), self.freqs._version)  # a loaded checkpoint invalidates it
+        if key not in self._cache:
+            self._cache[key] = self._table(length, device)
+        return self._cache[key]
+
+    def _table(self, length: int, device: torch.device) -> torch.Tensor:
+        positions = torch.arange(length, device=device, dtype=torch.float32)
+        angles = positions[:, None] * self.freqs.detach().to(device=device, dtype=torch.float32)[None, :]
+        return torch.polar(torch.ones_like(angles), angles)
 
     def rotate(self, qk: torch.Tensor, seq_dim: int) -> torch.Tensor:
         """Rotate `qk` (..., seq, ..., dim_head) along `seq_dim`; returns the input's dtype, computed in float32."""

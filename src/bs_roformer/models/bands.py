@@ -109,6 +109,7 @@ class _GroupedBands(nn.Module):
     def __init__(self, feature_indices: list[torch.Tensor], num_features: int):
         super().__init__()
         self.num_features = num_features
+        self.feature_indices = feature_indices  # per band, kept for inspection; the forward uses the buffers below
         self.band_widths = [len(indices) for indices in feature_indices]
         self.groups = group_bands(self.band_widths)
         self.group_widths = [max(self.band_widths[band] for band in group) for group in self.groups]

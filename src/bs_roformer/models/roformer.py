@@ -107,15 +107,19 @@ class Roformer(nn.Module):
         return raw_audio
 
     def _check_target(self, target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-        if self.num_stems == 1 and target.ndim == estimate.ndim - 1 and not self.stereo:
-            target = target.unsqueeze(-2)  # (b, t) mono target
-        if target.shape != estimate.shape:
+        """Accepts the output's shape, (b, t) for a mono one-stem model and (b, 1, s, t) for a one-stem model (MSST);
+        a longer target is cut to the output's length, as the classic code does when the iSTFT drops samples."""
+        if self.num_stems == 1 and target.ndim == 4 and target.shape[1] == 1:
+            target = target.squeeze(1)
+        if self.num_stems == 1 and not self.stereo and target.ndim == 2:
+            target = target.unsqueeze(1)
+        if target.shape[:-1] != estimate.shape[:-1] or target.shape[-1] < estimate.shape[-1]:
             layout = "(batch, stems, channels, samples)" if self.num_stems > 1 else "(batch, channels, samples)"
             raise ValueError(
                 f"target must be shaped {layout} = {tuple(estimate.shape)} to match the output, "
                 f"got {tuple(target.shape)}"
             )
-        return target
+        return target[..., : estimate.shape[-1]]
 
     # ---- forward --------------------------------------------------------------------------------------------------
 

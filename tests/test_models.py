@@ -1,0 +1,242 @@
+"""Behaviour of the models beyond reference parity: sizes, errors, fast paths against plain ones, precision."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bs_roformer import BSRoformer, MelBandRoformer
+from bs_roformer.models.attention import RotaryEmbedding
+from conftest import with_deterministic_weights
+
+SMALL = dict(dim=32, depth=2, heads=2, dim_head=16, time_transformer_depth=1, freq_transformer_depth=1)
+BANDS_256 = (2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 69)  # n_fft 512
+TINY_BS = dict(SMALL, stft_n_fft=512, stft_win_length=512, stft_hop_length=128, freqs_per_bands=BANDS_256)
+TINY_MEL = dict(SMALL, stft_n_fft=512, stft_win_length=512, stft_hop_length=128, num_bands=16,
+                attn_dropout=0.0, ff_dropout=0.0)
+
+
+def snr_db(estimate, reference):
+    return (10 * torch.log10(reference.pow(2).sum() / (estimate - reference).pow(2).sum())).item()
+
+
+# ---- published sizes ---------------------------------------------------------------------------------------------
+
+def test_viperx_bs_roformer_parameter_count():
+    model = BSRoformer(dim=512, depth=12, stereo=True, time_transformer_depth=1, freq_transformer_depth=1,
+                       stft_hop_length=441, mask_estimator_depth=2)
+    assert sum(p.numel() for p in model.parameters()) == 159_758_092
+
+
+def test_kim_mel_band_roformer_parameter_count():
+    model = MelBandRoformer(dim=384, depth=6, stereo=True, time_transformer_depth=1, freq_transformer_depth=1,
+                            num_bands=60, stft_hop_length=441, mask_estimator_depth=2)
+    assert sum(p.numel() for p in model.parameters()) == 228_202_852
+
+
+# ---- shapes ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
+@pytest.mark.parametrize("stereo, stems", [(False, 1), (True, 1), (True, 3)])
+def test_output_shapes_and_loss_backward(model_class, kwargs, stereo, stems):
+    model = model_class(**kwargs, stereo=stereo, num_stems=stems, match_input_audio_length=True) \
+        if model_class is MelBandRoformer else model_class(**kwargs, stereo=stereo, num_stems=stems)
+    channels = 2 if stereo else 1
+    audio = torch.randn(2, channels, 3000)
+    out = model(audio)
+    expected = (2, channels, 3000) if stems == 1 else (2, stems, channels, 3000)
+    assert out.shape == expected and out.dtype == torch.float32
+    loss, (l1, multi) = model(audio, target=torch.randn(expected), return_loss_breakdown=True)
+    assert torch.isclose(loss, l1 + multi)
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+
+
+def test_mono_input_without_channel_axis():
+    model = BSRoformer(**TINY_BS)
+    audio = torch.randn(2, 3000)
+    assert torch.equal(model(audio), model(audio[:, None]))
+
+
+def test_mel_output_length_follows_match_input_audio_length():
+    audio = torch.randn(1, 3000)
+    assert MelBandRoformer(**TINY_MEL)(audio).shape[-1] == 128 * (3000 // 128)
+    assert MelBandRoformer(**TINY_MEL, match_input_audio_length=True)(audio).shape[-1] == 3000
+
+
+# ---- clear errors --------------------------------------------------------------------------------------------------
+
+def test_stereo_model_given_mono():
+    with pytest.raises(ValueError, match=r"stereo.*2 channel\(s\), got 1"):
+        BSRoformer(**TINY_BS, stereo=True)(torch.randn(1, 1, 3000))
+
+
+def test_mono_model_given_stereo():
+    with pytest.raises(ValueError, match=r"mono.*1 channel\(s\), got 2"):
+        MelBandRoformer(**TINY_MEL)(torch.randn(1, 2, 3000))
+
+
+def test_too_short_input():
+    with pytest.raises(ValueError, match="200 samples is too short.*more than 256"):
+        BSRoformer(**TINY_BS)(torch.randn(1, 200))
+
+
+def test_bands_must_cover_the_spectrum():
+    with pytest.raises(ValueError, match="adding up to stft_n_fft // 2 \\+ 1 = 257.*adding up to 256"):
+        BSRoformer(**{**TINY_BS, "freqs_per_bands": BANDS_256[:-1] + (68,)})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input(bad):
+    audio = torch.randn(1, 3000)
+    audio[0, 10] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        BSRoformer(**TINY_BS)(audio)
+
+
+def test_target_of_wrong_shape():
+    model = BSRoformer(**TINY_BS, stereo=True, num_stems=2)
+    with pytest.raises(ValueError, match=r"target must be shaped \(batch, stems, channels, samples\) = \(1, 2, 2, 3000\) to match the output, got \(1, 2, 3000\)"):
+        model(torch.randn(1, 2, 3000), target=torch.randn(1, 2, 3000))
+
+
+def test_harmless_config_keys_warn_and_unknown_keys_fail():
+    with pytest.warns(UserWarning, match="dim_freqs_in=1025 is ignored"):
+        BSRoformer(**TINY_BS, dim_freqs_in=1025)
+    with pytest.warns(UserWarning, match="sage_attention=True is ignored"):
+        MelBandRoformer(**TINY_MEL, sage_attention=True)
+    with pytest.raises(TypeError, match="unknown model option 'dimm'"):
+        BSRoformer(**TINY_BS, dimm=3)
+
+
+# ---- fast paths against plain ones ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
+def test_grouped_band_math_equals_per_band_modules(model_class, kwargs):
+    """The stacked band split and mask estimators equal running each band's classic module on its own features."""
+    model = with_deterministic_weights(model_class(**kwargs, stereo=True, num_stems=2, mask_estimator_depth=2))
+    split = model.band_split
+    features = torch.randn(2, 7, split.num_features)
+    gathers = split.feature_indices
+    with torch.no_grad():
+        plain = torch.stack([split.to_features[b](features[..., idx]) for b, idx in enumerate(gathers)], dim=2)
+        assert (split(features) - plain).abs().max() < 1e-5
+
+        tokens = torch.randn(2, 7, len(gathers), 32)
+        for estimator in model.mask_estimators:
+            plain = torch.zeros(2, 7, split.num_features)
+            for band, idx in enumerate(gathers):
+                plain[..., idx] += estimator.to_freqs[band](tokens[..., band, :])
+            assert (estimator(tokens) - plain).abs().max() < 1e-5
+
+
+def test_flash_attention_equals_plain_attention():
+    audio = torch.randn(1, 2, 3000)
+    fast = with_deterministic_weights(BSRoformer(**TINY_BS, stereo=True, flash_attn=True))
+    plain = with_deterministic_weights(BSRoformer(**TINY_BS, stereo=True, flash_attn=False))
+    with torch.no_grad():
+        assert (fast(audio) - plain(audio)).abs().max() < 1e-6
+
+
+def test_inference_weight_cache_follows_parameter_updates():
+    model = with_deterministic_weights(BSRoformer(**TINY_BS))
+    audio = torch.randn(1, 3000)
+    with torch.no_grad():
+        model(audio)  # fills the cache
+        for p in model.parameters():
+            p.mul_(0.9)
+        updated = model(audio)
+    fresh = BSRoformer(**TINY_BS).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(updated, fresh(audio))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    audio, target = torch.randn(1, 2, 3000), torch.randn(1, 2, 3000)
+    grads = []
+    for use_checkpoint in (False, True):
+        model = with_deterministic_weights(MelBandRoformer(**TINY_MEL, stereo=True, use_torch_checkpoint=use_checkpoint,
+                                                           match_input_audio_length=True)).train()
+        model(audio, target=target).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# ---- value residual ------------------------------------------------------------------------------------------------
+
+def test_value_residual_is_opt_in_and_adds_only_gates():
+    plain = BSRoformer(**TINY_BS).state_dict()
+    residual = BSRoformer(**TINY_BS, add_value_residual=True).state_dict()
+    added = sorted(set(residual) - set(plain))
+    assert set(plain) <= set(residual) and added
+    assert all("to_value_residual_mix" in key for key in added)
+    # the first attention layer of each axis is the source of the values and has no gate
+    assert not any(key.startswith("layers.0.0.layers.0.0.to_value_residual_mix") for key in added)
+    assert not any(key.startswith("layers.0.1.layers.0.0.to_value_residual_mix") for key in added)
+    assert any(key.startswith("layers.1.0.layers.0.0.to_value_residual_mix") for key in added)
+
+
+def test_value_residual_closed_gate_is_the_plain_model_and_open_gate_changes_it():
+    audio = torch.randn(1, 3000)
+    plain = with_deterministic_weights(BSRoformer(**TINY_BS))
+    residual = BSRoformer(**TINY_BS, add_value_residual=True).eval()
+    residual.load_state_dict(plain.state_dict(), strict=False)
+    gates = [m for name, m in residual.named_modules() if name.endswith("to_value_residual_mix")]
+    with torch.no_grad():
+        for gate in gates:
+            gate.weight.zero_()
+            gate.bias.fill_(-1e4)  # sigmoid -> 0: keep each layer's own values
+        assert (residual(audio) - plain(audio)).abs().max() < 1e-6
+        for gate in gates:
+            gate.bias.fill_(0.0)
+        assert (residual(audio) - plain(audio)).abs().max() > 1e-3
+    residual.train()
+    residual(audio, target=torch.randn(1, 1, 3000)).backward()
+    assert all(gate.weight.grad.abs().sum() > 0 for gate in gates)
+
+
+# ---- precision ---------------------------------------------------------------------------------------------------
+
+def test_rotary_angles_are_exact_for_long_sequences_under_bf16():
+    rotary = RotaryEmbedding(16)
+    frames = 801
+    qk = torch.randn(1, frames, 1, 16).bfloat16()
+    rotated = rotary.rotate(qk, seq_dim=1)
+    positions = torch.arange(frames, dtype=torch.float64)
+    angles = positions[:, None] * rotary.freqs.double()[None, :]
+    pairs = qk.double().view(1, frames, 1, 8, 2)
+    real = pairs[..., 0] * angles.cos()[None, :, None] - pairs[..., 1] * angles.sin()[None, :, None]
+    assert rotated.dtype == torch.bfloat16
+    # only bf16 rounding of the result remains (the classic code's bf16 positions miss by up to 2 rad here)
+    assert (rotated.double().view(1, frames, 1, 8, 2)[..., 0] - real).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
+def test_bf16_autocast_is_close_to_fp32(model_class, kwargs):
+    model = with_deterministic_weights(model_class(**kwargs, stereo=True))
+    audio = torch.randn(1, 2, 8000) * 0.3
+    with torch.no_grad():
+        reference = model(audio)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(audio)
+    assert fast.dtype == torch.float32  # the iSTFT and mask multiply stay in float32
+    assert snr_db(fast, reference) > 25
+
+
+def test_bf16_autocast_training_step():
+    model = with_deterministic_weights(BSRoformer(**TINY_BS)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(torch.randn(2, 3000), target=torch.randn(2, 1, 3000))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+
+
+def test_transformer_stack_compiles_without_graph_breaks():
+    model = with_deterministic_weights(BSRoformer(**TINY_BS, add_value_residual=True, linear_transformer_depth=1))
+    tokens = torch.randn(1, 9, len(TINY_BS["freqs_per_bands"]), 32)
+    compiled = torch.compile(model._transform, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert (compiled(tokens) - model._transform(tokens)).abs().max() < 1e-5
