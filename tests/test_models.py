@@ -203,15 +203,15 @@ def test_value_residual_closed_gate_is_the_plain_model_and_open_gate_changes_it(
 def test_rotary_angles_are_exact_for_long_sequences_under_bf16():
     rotary = RotaryEmbedding(16)
     frames = 801
-    qk = torch.randn(1, frames, 1, 16).bfloat16()
-    rotated = rotary.rotate(qk, seq_dim=1)
-    positions = torch.arange(frames, dtype=torch.float64)
-    angles = positions[:, None] * rotary.freqs.double()[None, :]
-    pairs = qk.double().view(1, frames, 1, 8, 2)
-    real = pairs[..., 0] * angles.cos()[None, :, None] - pairs[..., 1] * angles.sin()[None, :, None]
-    assert rotated.dtype == torch.bfloat16
+    queries = torch.randn(1, frames, 2, 16).bfloat16()  # (batch, seq, heads, dim_head)
+    rotated = rotary.rotate(queries)
+    angles = torch.arange(frames, dtype=torch.float64)[:, None, None] * rotary.freqs.double()
+    pairs = queries.double()[0].unflatten(-1, (-1, 2))  # (seq, heads, pairs, 2)
+    expected_real = pairs[..., 0] * angles.cos() - pairs[..., 1] * angles.sin()
+    ours_real = rotated.double()[0].unflatten(-1, (-1, 2))[..., 0]
+    assert rotated.dtype == torch.bfloat16 and rotated.shape == queries.shape
     # only bf16 rounding of the result remains (the classic code's bf16 positions miss by up to 2 rad here)
-    assert (rotated.double().view(1, frames, 1, 8, 2)[..., 0] - real).abs().max() < 0.05
+    assert (ours_real - expected_real).abs().max() < 0.05
 
 
 @pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])

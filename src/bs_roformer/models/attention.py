@@ -57,14 +57,11 @@ class RotaryEmbedding(nn.Module):
         angles = positions[:, None] * self.freqs.detach().to(device=device, dtype=torch.float32)[None, :]
         return torch.polar(torch.ones_like(angles), angles)
 
-    def rotate(self, qk: torch.Tensor, seq_dim: int) -> torch.Tensor:
-        """Rotate `qk` (..., seq, ..., dim_head) along `seq_dim`; returns the input's dtype, computed in float32."""
-        length = qk.shape[seq_dim]
-        table = self.rotation(length, qk.device)
-        trailing = qk.ndim + seq_dim if seq_dim < 0 else seq_dim
-        table = table.view(length, *([1] * (qk.ndim - trailing - 2)), -1)
-        pairs = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))
-        return torch.view_as_real(pairs * table).flatten(-2).to(qk.dtype)
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate queries or keys (batch, seq, heads, dim_head); returns the input's dtype, computed in float32."""
+        table = self.rotation(x.shape[1], x.device)[:, None]
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -88,10 +85,12 @@ class Attention(nn.Module):
         """x: (batch, seq, dim). Returns (output, values) with values as (batch, heads, seq, dim_head)."""
         batch, seq, _ = x.shape
         x = self.norm(x)
-        qkv = self.to_qkv(x).view(batch, seq, 3, self.heads, self.dim_head)
-        qk = self.rotary_embed.rotate(qkv[:, :, :2], seq_dim=1)
-        q, k = qk.unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        # q, k, v from three products on row blocks of `to_qkv`: each comes out (batch, seq, heads, dim_head)
+        # contiguous, which needs no copy to become the (batch, heads, seq, dim_head) view attention takes
+        q, k, v = (F.linear(x, weight).view(batch, seq, self.heads, self.dim_head)
+                   for weight in self.to_qkv.weight.chunk(3))
+        q, k = self.rotary_embed.rotate(q), self.rotary_embed.rotate(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.to_value_residual_mix is not None and first_values is not None:
             mix = torch.sigmoid(self.to_value_residual_mix(x)).transpose(1, 2).unsqueeze(-1)
             v = v + mix * (first_values - v)
@@ -102,9 +101,9 @@ class Attention(nn.Module):
         else:
             weights = torch.softmax((q @ k.transpose(-1, -2)) * self.dim_head**-0.5, dim=-1)
             out = F.dropout(weights, dropout, self.training) @ v
-
-        gates = torch.sigmoid(self.to_gates(x)).transpose(1, 2).unsqueeze(-1)
-        out = (out * gates).transpose(1, 2).reshape(batch, seq, self.heads * self.dim_head)
+        # gate in (batch, seq, heads, dim_head) order: the CPU flash kernel returns that memory layout
+        gates = torch.sigmoid(self.to_gates(x)).unsqueeze(-1)
+        out = (out.transpose(1, 2) * gates).reshape(batch, seq, self.heads * self.dim_head)
         return self.to_out(out), v
 
 
