@@ -58,10 +58,14 @@ class RotaryEmbedding(nn.Module):
         return torch.polar(torch.ones_like(angles), angles)
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate queries or keys (batch, seq, heads, dim_head); returns the input's dtype, computed in float32."""
+        """Rotate queries or keys (batch, seq, heads, dim_head), computed in float32, returned in x's dtype.
+
+        A float32 `x` is rotated in place (callers pass a fresh projection; autograd allows it, as a linear layer
+        does not keep its output for the backward pass): one pass over memory, no temporary."""
         table = self.rotation(x.shape[1], x.device)[:, None]
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
+        rotated = x.float()
+        torch.view_as_complex(rotated.unflatten(-1, (-1, 2))).mul_(table)
+        return rotated.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -85,11 +89,13 @@ class Attention(nn.Module):
         """x: (batch, seq, dim). Returns (output, values) with values as (batch, heads, seq, dim_head)."""
         batch, seq, _ = x.shape
         x = self.norm(x)
-        # q, k, v from three products on row blocks of `to_qkv`: each comes out (batch, seq, heads, dim_head)
-        # contiguous, which needs no copy to become the (batch, heads, seq, dim_head) view attention takes
-        q, k, v = (F.linear(x, weight).view(batch, seq, self.heads, self.dim_head)
-                   for weight in self.to_qkv.weight.chunk(3))
-        q, k = self.rotary_embed.rotate(q), self.rotary_embed.rotate(k)
+        # q, k, v from three products on row blocks of `to_qkv`, one at a time to keep few large tensors alive:
+        # each comes out (batch, seq, heads, dim_head) contiguous, which needs no copy to become the
+        # (batch, heads, seq, dim_head) view attention takes (the CPU flash kernel runs as fast on it)
+        q_weight, k_weight, v_weight = self.to_qkv.weight.chunk(3)
+        q = self.rotary_embed.rotate(F.linear(x, q_weight).view(batch, seq, self.heads, self.dim_head))
+        k = self.rotary_embed.rotate(F.linear(x, k_weight).view(batch, seq, self.heads, self.dim_head))
+        v = F.linear(x, v_weight).view(batch, seq, self.heads, self.dim_head)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.to_value_residual_mix is not None and first_values is not None:
             mix = torch.sigmoid(self.to_value_residual_mix(x)).transpose(1, 2).unsqueeze(-1)
@@ -101,6 +107,7 @@ class Attention(nn.Module):
         else:
             weights = torch.softmax((q @ k.transpose(-1, -2)) * self.dim_head**-0.5, dim=-1)
             out = F.dropout(weights, dropout, self.training) @ v
+        del q, k
         # gate in (batch, seq, heads, dim_head) order: the CPU flash kernel returns that memory layout
         gates = torch.sigmoid(self.to_gates(x)).unsqueeze(-1)
         out = (out.transpose(1, 2) * gates).reshape(batch, seq, self.heads * self.dim_head)

@@ -1,0 +1,233 @@
+"""Speed and memory of our BSRoformer / MelBandRoformer against the classic reference package, same weights.
+
+    python benchmarks/models.py                 # BS and Mel, dim 128, depth 6, 8 s stereo, 3 repeats
+    python benchmarks/models.py --quick         # dim 64, depth 2, 4 s, 1 repeat (a smoke run)
+
+The reference is `bs-roformer==0.3.10`, whose import name is ours too, so it lives in its own directory:
+
+    pip install --target /tmp/refenv --no-deps bs-roformer==0.3.10 beartype rotary-embedding-torch librosa \
+        lazy_loader numba llvmlite joblib pooch audioread msgpack scikit-learn threadpoolctl platformdirs
+
+(or point --reference / $BS_ROFORMER_REFERENCE elsewhere). Both run in this process, alternating, with the weights of
+the reference loaded into ours (ours with zero_dc=False, the classic computation). Peak memory is measured in fresh
+subprocesses (peak RSS minus RSS after building the model). Everything runs under GLIBC_TUNABLES that keep glibc
+from returning freed memory to the OS: without it both sides spend much of their time in page faults and timings
+swing 2x between runs; this script re-executes itself with the setting when it is missing.
+"""
+
+import argparse
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+
+if os.environ.get("GLIBC_TUNABLES") != TUNABLES and __name__ == "__main__":
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": TUNABLES})
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import bs_roformer as ours  # noqa: E402
+
+
+def import_reference(path: str):
+    """Import the classic package from `path` under its own name, then give `bs_roformer` back to ours."""
+    own = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "bs_roformer"}
+    for name in own:
+        del sys.modules[name]
+    sys.path.insert(0, path)
+    try:
+        reference = importlib.import_module("bs_roformer")
+        if not reference.__file__.startswith(os.path.abspath(path)):
+            raise ImportError(f"bs_roformer was not found in {path}")
+    finally:
+        sys.path.remove(path)
+        for name in [name for name in sys.modules if name.split(".")[0] == "bs_roformer"]:
+            sys.modules[f"reference_{name}"] = sys.modules.pop(name)
+        sys.modules.update(own)
+    return reference
+
+
+def build(side: str, model: str, config: dict, reference_path: str):
+    kwargs = dict(config, stereo=True, attn_dropout=0.0, ff_dropout=0.0, stft_hop_length=441)
+    if side == "reference":
+        package = import_reference(reference_path)
+    else:
+        package, kwargs = ours, dict(kwargs, zero_dc=False)
+    return getattr(package, "BSRoformer" if model == "bs" else "MelBandRoformer")(**kwargs)
+
+
+def run_inference(model, audio, bf16: bool):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model(audio)
+
+
+def run_training_step(model, audio, target, bf16: bool):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(audio, target=target)
+    loss.backward()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_peak(dtype) -> float:
+    """FLOP/s of a large square matrix product, the machine's practical peak for `dtype`."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    a @ b
+    seconds = min(timed(lambda: a @ b) for _ in range(5))
+    return 2 * 2048**3 / seconds
+
+
+def rss_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
+def measure_memory(args) -> None:
+    """Subprocess entry: print the peak RSS growth (MB) of one inference or training step."""
+    torch.set_num_threads(args.threads)
+    config = CONFIGS[args.size]
+    model = build(args.side, args.model, config["model"], args.reference)
+    audio = torch.randn(1, 2, int(config["seconds"] * 44100)) * 0.1
+    baseline = rss_mb("VmRSS")
+    if args.mode == "inference":
+        run_inference(model.eval(), audio, bf16=False)
+    else:
+        run_training_step(model.train(), audio, torch.randn_like(audio) * 0.1, bf16=False)
+    print(rss_mb("VmHWM") - baseline)
+
+
+CONFIGS = {
+    "default": dict(model=dict(dim=128, depth=6, time_transformer_depth=1, freq_transformer_depth=1), seconds=8.0),
+    "quick": dict(model=dict(dim=64, depth=2, time_transformer_depth=1, freq_transformer_depth=1), seconds=4.0),
+}
+
+
+def snr_db(estimate, reference) -> float:
+    return (10 * torch.log10(reference.pow(2).sum() / (estimate - reference).pow(2).sum())).item()
+
+
+def benchmark(model_name: str, args) -> list[str]:
+    config = CONFIGS[args.size]
+    reference = build("reference", model_name, config["model"], args.reference).eval()
+    model = build("ours", model_name, config["model"], args.reference).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    audio = torch.randn(1, 2, int(config["seconds"] * 44100)) * 0.1
+    target = torch.randn(1, 2, audio.shape[-1]) * 0.1
+
+    fp32 = run_inference(model, audio, bf16=False)
+    reference_fp32 = run_inference(reference, audio, bf16=False)
+    length = reference_fp32.shape[-1]
+    parity = (fp32[..., :length] - reference_fp32).abs().max().item()
+    snr_ours = snr_db(run_inference(model, audio, bf16=True), fp32)
+    snr_reference = snr_db(run_inference(reference, audio, bf16=True), reference_fp32)
+    with FlopCounterMode(display=False) as counter:
+        run_inference(model, audio, bf16=False)
+    flops = counter.get_total_flops()
+
+    tasks = {
+        "inference fp32": lambda m: run_inference(m.eval(), audio, bf16=False),
+        "inference bf16": lambda m: run_inference(m.eval(), audio, bf16=True),
+        "train step fp32": lambda m: run_training_step(m.train(), audio, target, bf16=False),
+        "train step bf16": lambda m: run_training_step(m.train(), audio, target, bf16=True),
+    }
+    times = {}
+    for task, fn in tasks.items():
+        for side in (model, reference):  # warm-up: allocator pools, rotary caches, packed weights
+            fn(side)
+        samples = {"ours": [], "reference": []}
+        for _ in range(args.repeats):  # alternate the two sides so drifts in machine speed hit both
+            samples["ours"].append(timed(lambda: fn(model)))
+            samples["reference"].append(timed(lambda: fn(reference)))
+        times[task] = {side: statistics.median(values) for side, values in samples.items()}
+        print(f"  {model_name} {task}: ours {times[task]['ours']:.2f} s, reference {times[task]['reference']:.2f} s",
+              file=sys.stderr)
+
+    memory = {}
+    for mode in ("inference", "train"):
+        for side in ("ours", "reference"):
+            command = [sys.executable, __file__, "--measure-memory", "--side", side, "--model", model_name,
+                       "--mode", mode, "--size", args.size, "--reference", args.reference,
+                       "--threads", str(args.threads)]
+            memory[mode, side] = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    reference_fp32_time = times["inference fp32"]["reference"]
+    rows = []
+    for task, result in times.items():
+        ratio = result["reference"] / result["ours"]
+        row = f"| {model_name} | {task} | {result['ours']:.2f} | {result['reference']:.2f} | {ratio:.2f}x |"
+        if task == "inference bf16":
+            row += f" {reference_fp32_time / result['ours']:.2f}x |"
+        else:
+            row += " |"
+        if task.startswith("inference"):
+            peak = peak16 if "bf16" in task else peak32
+            row += f" {flops / result['ours'] / peak:.0%} |"
+        else:
+            row += " |"
+        rows.append(row)
+    rows.append(
+        f"| {model_name} | peak memory, MB (inference / train step) | "
+        f"{memory['inference', 'ours']:.0f} / {memory['train', 'ours']:.0f} | "
+        f"{memory['inference', 'reference']:.0f} / {memory['train', 'reference']:.0f} | | | |"
+    )
+    notes = (f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, forward "
+             f"{flops / 1e9:.0f} GFLOP; fp32 max |ours - reference| = {parity:.1e}; bf16 output SNR against fp32: "
+             f"ours {snr_ours:.1f} dB, reference {snr_reference:.1f} dB")
+    return rows, notes, (peak32, peak16)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", default=os.environ.get("BS_ROFORMER_REFERENCE", "/tmp/refenv"))
+    parser.add_argument("--models", default="bs,mel")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count()))
+    parser.add_argument("--quick", action="store_true", help="small model, short audio, one repeat")
+    parser.add_argument("--size", default="default", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=("bs", "mel"), help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("inference", "train"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats = "quick", 1
+    if args.measure_memory:
+        return measure_memory(args)
+    try:
+        import_reference(args.reference)
+    except ImportError as error:
+        sys.exit(f"cannot import the reference package from {args.reference} ({error}); see this script's docstring")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = CONFIGS[args.size]
+    print(f"torch {torch.__version__}, {args.threads} threads, {config['seconds']:g} s stereo at 44.1 kHz, "
+          f"model {config['model']}, stereo, hop 441, median of {args.repeats}, GLIBC_TUNABLES={TUNABLES}\n")
+    print("| model | task | ours (s) | reference (s) | speed-up | vs reference fp32 | of matmul peak |")
+    print("|---|---|---|---|---|---|---|")
+    all_notes = []
+    for model_name in args.models.split(","):
+        rows, notes, peaks = benchmark(model_name, args)
+        print("\n".join(rows), flush=True)
+        all_notes.append(notes)
+    print()
+    print("\n".join(all_notes))
+    print(f"matmul peak measured here: {peaks[0] / 1e12:.2f} TFLOP/s fp32, {peaks[1] / 1e12:.2f} TFLOP/s bf16")
+
+
+if __name__ == "__main__":
+    main()
