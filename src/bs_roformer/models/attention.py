@@ -167,6 +167,7 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
+        self.value_residual = value_residual
         layers = []
         for index in range(depth):
             if linear_attn:
@@ -183,7 +184,7 @@ class Transformer(nn.Module):
     def _forward(self, x, first_values):
         for attention, feed_forward in self.layers:
             out, values = attention(x, first_values)
-            if first_values is None:
+            if first_values is None and self.value_residual:  # else nobody needs them: let them go
                 first_values = values
             x = x + out
             x = x + feed_forward(x)

@@ -1,9 +1,11 @@
 """BS-RoFormer (Lu et al. 2023): band-split RoPE transformer with fixed, non-overlapping frequency bands."""
 
+from itertools import accumulate
+
 import torch
 
 from .bands import DEFAULT_FREQS_PER_BANDS
-from .roformer import Roformer, warn_ignored
+from .roformer import Roformer, shared_options, warn_ignored
 
 
 class BSRoformer(Roformer):
@@ -59,21 +61,8 @@ class BSRoformer(Roformer):
             )
         if mask_estimator_depth < 1:
             raise ValueError(f"mask_estimator_depth must be >= 1 for BSRoformer, got {mask_estimator_depth}")
-        edges = torch.tensor((0,) + freqs_per_bands).cumsum(0).tolist()
+        edges = list(accumulate(freqs_per_bands, initial=0))
         band_bins = [list(range(start, end)) for start, end in zip(edges[:-1], edges[1:])]
         self.freqs_per_bands = freqs_per_bands
-        super().__init__(
-            dim=dim, depth=depth, band_bins=band_bins, stereo=stereo, num_stems=num_stems,
-            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
-            linear_transformer_depth=linear_transformer_depth, dim_head=dim_head, heads=heads,
-            attn_dropout=attn_dropout, ff_dropout=ff_dropout, flash_attn=flash_attn, stft_n_fft=stft_n_fft,
-            stft_hop_length=stft_hop_length, stft_win_length=stft_win_length, stft_normalized=stft_normalized,
-            stft_window_fn=stft_window_fn, zero_dc=zero_dc, mask_linear_layers=mask_estimator_depth,
-            mlp_expansion_factor=mlp_expansion_factor,
-            multi_stft_resolution_loss_weight=multi_stft_resolution_loss_weight,
-            multi_stft_resolutions_window_sizes=multi_stft_resolutions_window_sizes,
-            multi_stft_hop_size=multi_stft_hop_size, multi_stft_normalized=multi_stft_normalized,
-            multi_stft_window_fn=multi_stft_window_fn, use_torch_checkpoint=use_torch_checkpoint,
-            skip_connection=skip_connection, add_value_residual=add_value_residual,
-            transformer_norms=False, final_norm=True,
-        )
+        super().__init__(**shared_options(locals()), band_bins=band_bins, mask_linear_layers=mask_estimator_depth,
+                         transformer_norms=False, final_norm=True)

@@ -3,7 +3,7 @@
 import torch
 
 from .bands import mel_band_membership
-from .roformer import Roformer, warn_ignored
+from .roformer import Roformer, shared_options, warn_ignored
 
 
 class MelBandRoformer(Roformer):
@@ -57,21 +57,8 @@ class MelBandRoformer(Roformer):
         band_bins = [row.nonzero().flatten().tolist() for row in membership]
         self.num_bands, self.sample_rate = num_bands, sample_rate
         self.match_input_audio_length = match_input_audio_length
-        super().__init__(
-            dim=dim, depth=depth, band_bins=band_bins, stereo=stereo, num_stems=num_stems,
-            time_transformer_depth=time_transformer_depth, freq_transformer_depth=freq_transformer_depth,
-            linear_transformer_depth=linear_transformer_depth, dim_head=dim_head, heads=heads,
-            attn_dropout=attn_dropout, ff_dropout=ff_dropout, flash_attn=flash_attn, stft_n_fft=stft_n_fft,
-            stft_hop_length=stft_hop_length, stft_win_length=stft_win_length, stft_normalized=stft_normalized,
-            stft_window_fn=stft_window_fn, zero_dc=zero_dc, mask_linear_layers=mask_estimator_depth + 1,
-            mlp_expansion_factor=mlp_expansion_factor,
-            multi_stft_resolution_loss_weight=multi_stft_resolution_loss_weight,
-            multi_stft_resolutions_window_sizes=multi_stft_resolutions_window_sizes,
-            multi_stft_hop_size=multi_stft_hop_size, multi_stft_normalized=multi_stft_normalized,
-            multi_stft_window_fn=multi_stft_window_fn, use_torch_checkpoint=use_torch_checkpoint,
-            skip_connection=skip_connection, add_value_residual=add_value_residual,
-            transformer_norms=True, final_norm=False,
-        )
+        super().__init__(**shared_options(locals()), band_bins=band_bins, mask_linear_layers=mask_estimator_depth + 1,
+                         transformer_norms=True, final_norm=False)
 
     def _istft_length(self, samples: int) -> int | None:
         return samples if self.match_input_audio_length else None

@@ -20,6 +20,20 @@ IGNORED_CONFIG_KEYS = {
 }
 
 
+# Constructor arguments both models take; each model's __init__ passes them on with `shared_options(locals())`.
+SHARED_OPTIONS = (
+    "dim", "depth", "stereo", "num_stems", "time_transformer_depth", "freq_transformer_depth",
+    "linear_transformer_depth", "dim_head", "heads", "attn_dropout", "ff_dropout", "flash_attn", "stft_n_fft",
+    "stft_hop_length", "stft_win_length", "stft_normalized", "stft_window_fn", "zero_dc", "mlp_expansion_factor",
+    "multi_stft_resolution_loss_weight", "multi_stft_resolutions_window_sizes", "multi_stft_hop_size",
+    "multi_stft_normalized", "multi_stft_window_fn", "use_torch_checkpoint", "skip_connection", "add_value_residual",
+)
+
+
+def shared_options(arguments: dict) -> dict:
+    return {name: arguments[name] for name in SHARED_OPTIONS}
+
+
 def warn_ignored(options: dict):
     for key, value in options.items():
         if key not in IGNORED_CONFIG_KEYS:
@@ -70,7 +84,8 @@ class Roformer(nn.Module):
             for _ in range(num_stems)
         )
         # each bin's mask is the mean over the bands that contain it (1 everywhere for BS-RoFormer)
-        bands_per_feature = torch.zeros(num_features).index_add_(0, torch.cat(feature_indices), torch.ones(sum(map(len, feature_indices))))
+        all_indices = torch.cat(feature_indices)
+        bands_per_feature = torch.zeros(num_features).index_add_(0, all_indices, torch.ones(len(all_indices)))
         self.register_buffer("inverse_band_count", 1.0 / bands_per_feature, persistent=False)
         self.averages_overlaps = bool((bands_per_feature > 1).any())
 
