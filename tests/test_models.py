@@ -1,10 +1,8 @@
 """Behaviour of the models beyond reference parity: sizes, errors, fast paths against plain ones, precision."""
 
-import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bs_roformer import BSRoformer, MelBandRoformer
 from bs_roformer.models.attention import RotaryEmbedding

@@ -1,0 +1,158 @@
+"""Audio files in and out, in blocks: reading (libsndfile, or ffmpeg for other formats), resampling (soxr), and
+atomic writing. Everything here works on (channels, samples) float32 numpy blocks so memory stays bounded."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per read
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm"}
+OUTPUT_FORMATS = {  # name: (file extension, soundfile format, subtype)
+    "wav16": ("wav", "WAV", "PCM_16"),
+    "wav24": ("wav", "WAV", "PCM_24"),
+    "wav32f": ("wav", "WAV", "FLOAT"),
+    "flac16": ("flac", "FLAC", "PCM_16"),
+    "flac24": ("flac", "FLAC", "PCM_24"),
+}
+
+
+class AudioError(Exception):
+    """A file that cannot be read or written, with the reason in words."""
+
+
+@dataclass
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+
+
+class AudioReader:
+    """Reads a file in blocks. libsndfile formats (WAV, FLAC, OGG, MP3, AIFF) directly; others are decoded to a
+    temporary float WAV by ffmpeg when it is on PATH."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._temporary = None
+        try:
+            self._file = soundfile.SoundFile(str(self.path))
+        except soundfile.LibsndfileError as error:
+            self._file = self._decode_with_ffmpeg(error)
+        if self._file.frames <= 0:
+            self.close()
+            raise AudioError(f"{self.path}: the file holds no audio")
+        self.info = AudioInfo(self.path, self._file.samplerate, self._file.channels, self._file.frames)
+
+    def _decode_with_ffmpeg(self, error) -> soundfile.SoundFile:
+        ffmpeg = shutil.which("ffmpeg")
+        if ffmpeg is None:
+            raise AudioError(
+                f"{self.path}: libsndfile cannot read it ({error}); install ffmpeg to read other formats, "
+                "or convert the file to WAV or FLAC"
+            ) from None
+        handle, name = tempfile.mkstemp(suffix=".wav")
+        os.close(handle)
+        self._temporary = Path(name)
+        result = subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(self.path), "-c:a", "pcm_f32le",
+                                 str(self._temporary)], capture_output=True, text=True)
+        if result.returncode != 0:
+            self._temporary.unlink(missing_ok=True)
+            raise AudioError(f"{self.path}: unreadable ({result.stderr.strip().splitlines()[-1:] or error})")
+        return soundfile.SoundFile(str(self._temporary))
+
+    def blocks(self, frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        """(channels, n) float32 blocks, in order, covering the whole file."""
+        self._file.seek(0)
+        while True:
+            try:
+                block = self._file.read(frames, dtype="float32", always_2d=True)
+            except soundfile.LibsndfileError as error:
+                raise AudioError(f"{self.path}: corrupt audio data ({error})") from None
+            if len(block) == 0:
+                return
+            yield np.ascontiguousarray(block.T)
+
+    def close(self):
+        self._file.close()
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def resampled(blocks: Iterator[np.ndarray], rate_in: int, rate_out: int, channels: int) -> Iterator[np.ndarray]:
+    """Resample a stream of (channels, n) blocks with soxr (HQ); the same samples as resampling the whole signal."""
+    if rate_in == rate_out:
+        yield from blocks
+        return
+    stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+    previous = None
+    for block in blocks:
+        if previous is not None:
+            yield stream.resample_chunk(previous.T).T
+        previous = block
+    if previous is not None:
+        yield stream.resample_chunk(previous.T, last=True).T
+
+
+def resampled_length(frames: int, rate_in: int, rate_out: int) -> int:
+    """The number of samples soxr gives for `frames` samples."""
+    return frames if rate_in == rate_out else round(frames * rate_out / rate_in)
+
+
+class AtomicWriter:
+    """Writes blocks to `<name>.part` next to the target and renames it into place on `commit()`, so an
+    interrupted run never leaves a truncated file under the final name."""
+
+    def __init__(self, path: Path, sample_rate: int, channels: int, output_format: str):
+        extension, file_format, subtype = OUTPUT_FORMATS[output_format]
+        self.path, self.pcm = path, subtype.startswith("PCM")
+        self.partial = path.with_name(path.name + ".part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = soundfile.SoundFile(str(self.partial), "w", sample_rate, channels, subtype, format=file_format)
+        except (OSError, soundfile.LibsndfileError) as error:
+            raise AudioError(f"cannot write {path}: {error}") from None
+
+    def write(self, block: np.ndarray):
+        """(channels, n) float32; PCM output is clipped to [-1, 1]."""
+        if self.pcm:
+            block = np.clip(block, -1.0, 1.0)
+        self._file.write(np.ascontiguousarray(block.T))
+
+    def commit(self):
+        self._file.close()
+        os.replace(self.partial, self.path)
+
+    def abort(self):
+        self._file.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def find_audio(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """Audio files among `inputs` (files, or folders searched recursively); returns (files, problems)."""
+    files, problems = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: no audio files in this folder ({', '.join(sorted(AUDIO_SUFFIXES))})")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    return files, problems

@@ -1,0 +1,113 @@
+"""MSST-style YAML configs, and building a model from a config and a checkpoint with errors that say what is wrong.
+
+Configs have sections `audio`, `model` (constructor arguments), `training` (`instruments`, `target_instrument`,
+`model_type`, ...), `inference` (`chunk_size`, `num_overlap`, `batch_size`). Published configs tag tuples with
+`!!python/tuple`, which `yaml.safe_load` refuses; the loader here accepts that one tag and nothing else that would
+construct Python objects.
+"""
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from .checkpoint import infer_config, load_state_dict
+from .models import BSRoformer, MelBandRoformer
+
+MODEL_CLASSES = {"bs_roformer": BSRoformer, "mel_band_roformer": MelBandRoformer}
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader plus `!!python/tuple`."""
+
+
+_ConfigLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node, deep=True))
+)
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    try:
+        config = yaml.load(path.read_text(), Loader=_ConfigLoader)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not a valid YAML config: {error}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"{path} has no 'model:' section with the model's constructor arguments")
+    return config
+
+
+def model_type_of(config: dict, state: dict | None = None, override: str | None = None) -> str:
+    """`override`, else `training.model_type`, else what the model keys (or the checkpoint) say."""
+    model_type = override or (config.get("training") or {}).get("model_type")
+    if model_type is None:
+        if "freqs_per_bands" in config["model"]:
+            model_type = "bs_roformer"
+        elif "num_bands" in config["model"]:
+            model_type = "mel_band_roformer"
+        elif state is not None:
+            model_type = infer_config(state)["model_type"]
+        else:
+            raise ValueError("cannot tell the model type: set training.model_type (bs_roformer or mel_band_roformer)")
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"model type {model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}")
+    return model_type
+
+
+def stem_names(config: dict) -> list[str]:
+    """The model's output stems: `training.target_instrument` for a one-stem model, else `training.instruments`."""
+    training = config.get("training") or {}
+    if training.get("target_instrument"):
+        return [training["target_instrument"]]
+    instruments = list(training.get("instruments") or [])
+    num_stems = config["model"].get("num_stems", 1)
+    return instruments[:num_stems] if len(instruments) >= num_stems else [f"stem{i}" for i in range(num_stems)]
+
+
+def build_model(config: dict, model_type: str) -> torch.nn.Module:
+    return MODEL_CLASSES[model_type](**config["model"])
+
+
+def _explain_mismatch(config: dict, model: torch.nn.Module, model_type: str, state: dict) -> str | None:
+    """Which config values disagree with what the checkpoint's tensors imply, or None if the layouts agree."""
+    ours = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    theirs = {key: tuple(value.shape) for key, value in state.items()}
+    if ours == theirs:
+        return None
+    try:
+        implied = infer_config(state)
+    except ValueError as error:
+        return f"the checkpoint does not look like a Roformer: {error}"
+    if implied["model_type"] != model_type:
+        return (f"the config builds a {model_type} but the checkpoint holds a {implied['model_type']} "
+                f"(set training.model_type: {implied['model_type']})")
+    built = infer_config(model.state_dict())
+    problems = []
+    for key, value in implied.items():
+        if built.get(key) != value and key not in ("stft_n_fft", "sample_rate"):
+            given = config["model"].get(key, f"{built.get(key)!r} (the default)")
+            problems.append(f"model.{key} is {given} but the checkpoint implies {value!r}")
+    if not problems:  # the band layout differs for a reason the two keys above explain
+        for key in ("stft_n_fft", "sample_rate"):
+            if key in implied and built.get(key) != implied[key]:
+                problems.append(f"model.{key} gives other bands than the checkpoint, which fit {key} = {implied[key]}")
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    if not problems:
+        problems.append(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+    return "; ".join(problems)
+
+
+def load_model(config: str | Path | dict, checkpoint: str | Path | dict, model_type: str | None = None,
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Build the model a config describes, load the checkpoint strictly, return (model in eval mode, config)."""
+    config = config if isinstance(config, dict) else load_config(config)
+    state = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
+    model_type = model_type_of(config, state, model_type)
+    model = build_model(config, model_type)
+    problem = _explain_mismatch(config, model, model_type, state)
+    if problem:
+        raise ValueError(f"the checkpoint does not fit the config: {problem}")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), config
