@@ -3,53 +3,28 @@
     python benchmarks/models.py                 # BS and Mel, dim 128, depth 6, 8 s stereo, 3 repeats
     python benchmarks/models.py --quick         # dim 64, depth 2, 4 s, 1 repeat (a smoke run)
 
-The reference is `bs-roformer==0.3.10`, whose import name is ours too, so it lives in its own directory:
-
-    pip install --target /tmp/refenv --no-deps bs-roformer==0.3.10 beartype rotary-embedding-torch librosa \
-        lazy_loader numba llvmlite joblib pooch audioread msgpack scikit-learn threadpoolctl platformdirs
-
-(or point --reference / $BS_ROFORMER_REFERENCE elsewhere). Both run in this process, alternating, with the weights of
-the reference loaded into ours (ours with zero_dc=False, the classic computation). Peak memory is measured in fresh
-subprocesses (peak RSS minus RSS after building the model). Everything runs under GLIBC_TUNABLES that keep glibc
-from returning freed memory to the OS: without it both sides spend much of their time in page faults and timings
-swing 2x between runs; this script re-executes itself with the setting when it is missing.
+Needs the reference package in its own directory (see benchmarks/reference.py). Both run in one process per model,
+alternating, with the weights of the reference loaded into ours (ours with zero_dc=False, the classic computation).
+Peak memory is measured in fresh subprocesses (peak RSS minus RSS after building the model). Everything runs under
+the GLIBC_TUNABLES of reference.py; the script re-executes itself with them when they are missing.
 """
 
 import argparse
-import importlib
 import os
 import statistics
 import subprocess
 import sys
-import time
 
-TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+from reference import (DEFAULT_REFERENCE, TUNABLES, import_reference, require_reference,
+                       rerun_with_allocator_settings, rss_mb, timed)
 
-if os.environ.get("GLIBC_TUNABLES") != TUNABLES and __name__ == "__main__":
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": TUNABLES})
+if __name__ == "__main__":
+    rerun_with_allocator_settings()
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import bs_roformer as ours  # noqa: E402
-
-
-def import_reference(path: str):
-    """Import the classic package from `path` under its own name, then give `bs_roformer` back to ours."""
-    own = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "bs_roformer"}
-    for name in own:
-        del sys.modules[name]
-    sys.path.insert(0, path)
-    try:
-        reference = importlib.import_module("bs_roformer")
-        if not reference.__file__.startswith(os.path.abspath(path)):
-            raise ImportError(f"bs_roformer was not found in {path}")
-    finally:
-        sys.path.remove(path)
-        for name in [name for name in sys.modules if name.split(".")[0] == "bs_roformer"]:
-            sys.modules[f"reference_{name}"] = sys.modules.pop(name)
-        sys.modules.update(own)
-    return reference
 
 
 def build(side: str, model: str, config: dict, reference_path: str):
@@ -73,26 +48,12 @@ def run_training_step(model, audio, target, bf16: bool):
     loss.backward()
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def matmul_peak(dtype) -> float:
     """FLOP/s of a large square matrix product, the machine's practical peak for `dtype`."""
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     a @ b
     seconds = min(timed(lambda: a @ b) for _ in range(5))
     return 2 * 2048**3 / seconds
-
-
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(field)
 
 
 def measure_memory(args) -> None:
@@ -197,7 +158,7 @@ def benchmark(model_name: str, args) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", default=os.environ.get("BS_ROFORMER_REFERENCE", "/tmp/refenv"))
+    parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="directory holding bs-roformer==0.3.10")
     parser.add_argument("--models", default="bs,mel")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count()))
@@ -212,26 +173,29 @@ def main():
         args.size, args.repeats = "quick", 1
     if args.measure_memory:
         return measure_memory(args)
-    try:
-        import_reference(args.reference)
-    except ImportError as error:
-        sys.exit(f"cannot import the reference package from {args.reference} ({error}); see this script's docstring")
-
+    require_reference(args.reference)
+    config = CONFIGS[args.size]
+    models = args.models.split(",")
+    if len(models) > 1:  # one fresh process per model: a heap grown by one model's runs slows the next one's
+        print(f"torch {torch.__version__}, {args.threads} threads, batch 1, stereo 44.1 kHz: {config['seconds']:g} s "
+              f"for inference, {config['train_seconds']:g} s for training steps (forward, loss, backward); model "
+              f"{config['model']}, hop 441, median of {args.repeats}, GLIBC_TUNABLES={TUNABLES}\n")
+        print("| model | task | ours (s) | reference (s) | speed-up | vs reference fp32 | of matmul peak |")
+        print("|---|---|---|---|---|---|---|", flush=True)
+        notes = []
+        for model_name in models:
+            command = [sys.executable, __file__, "--models", model_name, "--size", args.size,
+                       "--repeats", str(args.repeats), "--threads", str(args.threads), "--reference", args.reference]
+            lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+            print("\n".join(line for line in lines if line.startswith("|")), flush=True)
+            notes += [line for line in lines if line and not line.startswith("|")]
+        print("\n" + "\n".join(dict.fromkeys(notes)))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = CONFIGS[args.size]
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 1, stereo 44.1 kHz: {config['seconds']:g} s for "
-          f"inference, {config['train_seconds']:g} s for training steps (forward, loss, backward); model "
-          f"{config['model']}, hop 441, median of {args.repeats}, GLIBC_TUNABLES={TUNABLES}\n")
-    print("| model | task | ours (s) | reference (s) | speed-up | vs reference fp32 | of matmul peak |")
-    print("|---|---|---|---|---|---|---|")
-    all_notes = []
-    for model_name in args.models.split(","):
-        rows, notes, peaks = benchmark(model_name, args)
-        print("\n".join(rows), flush=True)
-        all_notes.append(notes)
-    print()
-    print("\n".join(all_notes))
+    rows, notes, peaks = benchmark(models[0], args)
+    print("\n".join(rows))
+    print(notes)
     print(f"matmul peak measured here: {peaks[0] / 1e12:.2f} TFLOP/s fp32, {peaks[1] / 1e12:.2f} TFLOP/s bf16")
 
 
