@@ -209,3 +209,25 @@ def test_cli_unwritable_output_and_unknown_stem(tmp_path, model_files, capsys):
     assert "cannot write" in capsys.readouterr().err
     assert main(["separate", str(path), *model_files, "-o", str(tmp_path), "-q", "--stems", "drums"]) == 1
     assert "unknown stem(s) ['drums']: this model gives ['vocals', 'other']" in capsys.readouterr().err
+
+
+def test_other_formats_go_through_ffmpeg(tmp_path, monkeypatch):
+    """A stand-in ffmpeg on PATH decodes a format libsndfile cannot read (a WAV behind a 16-byte header)."""
+    audio = song()
+    wav = write_wav(tmp_path / "inner.wav", audio)
+    path = tmp_path / "song.weird"
+    path.write_bytes(b"WEIRDFORMAT-HDR!" + wav.read_bytes())
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    fake = tools / "ffmpeg"
+    fake.write_text(
+        "#!/usr/bin/env python3\n"
+        "import sys\n"
+        "args = sys.argv[1:]\n"
+        "source, target = args[args.index('-i') + 1], args[-1]\n"
+        "open(target, 'wb').write(open(source, 'rb').read()[16:])\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{__import__('os').environ['PATH']}")
+    written = make_separator().separate_file(path, tmp_path / "out", progress=False)
+    assert soundfile.info(str(written[0])).frames == audio.shape[-1]

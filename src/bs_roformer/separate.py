@@ -341,7 +341,7 @@ class Separator:
 
             writers = {}
             bar = tqdm(total=length, unit="sample", unit_scale=True, desc=path.name, disable=not progress,
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
             try:
                 writers = {name: AtomicWriter(file, info.sample_rate, info.channels, output_format)
                            for name, file in outputs.items()}
