@@ -86,11 +86,25 @@ def test_silence_and_nan_samples():
     assert torch.isfinite(separator.separate(audio)["vocals"]).all()
 
 
-def test_bad_options():
+def test_bad_options_and_input():
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         make_separator(precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_separator(precision="int8")
     with pytest.raises(ValueError, match="3 channels is not supported"):
         make_separator().separate(torch.randn(3, 1000))
+    with pytest.raises(ValueError, match="empty"):
+        make_separator().separate(torch.randn(2, 0))
+
+
+def test_empty_and_surround_files(tmp_path):
+    empty = write_wav(tmp_path / "empty.wav", np.zeros((2, 0), dtype=np.float32))
+    with pytest.raises(AudioError, match="holds no audio"):
+        make_separator().separate_file(empty, tmp_path / "out", progress=False)
+    surround = write_wav(tmp_path / "surround.wav", np.zeros((6, 1000), dtype=np.float32))
+    with pytest.raises(ValueError, match="6 channels is not supported: mix it down"):
+        make_separator().separate_file(surround, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
 
 
 # ---- files -----------------------------------------------------------------------------------------------------

@@ -163,7 +163,6 @@ def tta_separate(model_call: Callable[[torch.Tensor], torch.Tensor]) -> Callable
     return separate
 
 
-
 # ---- the Separator: a model plus the settings of its config, over files or tensors ---------------------------------
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -255,6 +254,8 @@ class Separator:
         squeeze = audio.ndim == 1
         audio = audio.reshape(1, -1) if squeeze else audio
         check_channels(audio.shape[0])
+        if audio.shape[-1] == 0:
+            raise ValueError("the audio is empty (0 samples)")
         sample_rate = sample_rate or self.sample_rate
         mix = clean_samples(audio.float().cpu())
         if sample_rate != self.sample_rate:

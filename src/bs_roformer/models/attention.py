@@ -93,6 +93,8 @@ class Attention(nn.Module):
         """x: (batch, seq, dim). Returns (output, values) with values as (batch, heads, seq, dim_head)."""
         batch, seq, _ = x.shape
         x = self.norm(x)
+        if torch.is_autocast_enabled(x.device.type):  # cast once, not in each of the four products below
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         # q, k, v from three products on row blocks of `to_qkv`, one at a time to keep few large tensors alive:
         # each comes out (batch, seq, heads, dim_head) contiguous, which needs no copy to become the
         # (batch, heads, seq, dim_head) view attention takes (the CPU flash kernel runs as fast on it)
