@@ -58,15 +58,15 @@ def band_feature_indices(band_bins: list[list[int]], channels: int) -> list[torc
     return [(torch.tensor(bins)[:, None] * 2 * channels + offsets).flatten() for bins in band_bins]
 
 
-def group_bands(widths: list[int], max_waste: float = 0.03) -> list[list[int]]:
+def group_bands(widths: list[int], group_cost_fraction: float = 0.03) -> list[list[int]]:
     """Split bands (sorted by width) into groups run as one zero-padded batched product each.
 
-    Minimises the padded size plus a fixed cost per group (`max_waste` of the total size, standing for one more
-    kernel launch), so bands of equal width share a group and few groups remain (7 for the default BS bands).
+    Minimises the padded size plus a fixed cost per group (`group_cost_fraction` of the total size, standing for one
+    more kernel launch), so bands of equal width share a group and few groups remain (7 for the default BS bands).
     """
     order = sorted(range(len(widths)), key=lambda band: (widths[band], band))
     sorted_widths = [widths[band] for band in order]
-    group_cost = max_waste * sum(widths)
+    group_cost = group_cost_fraction * sum(widths)
     best = [0.0] + [math.inf] * len(order)
     start_of = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
@@ -106,7 +106,7 @@ class WeightPacker:
 class _GroupedBands(nn.Module):
     """Index buffers shared by the band split and the mask estimators."""
 
-    def __init__(self, feature_indices: list[torch.Tensor], num_features: int):
+    def __init__(self, feature_indices: list[torch.Tensor], num_features: int, halves: int):
         super().__init__()
         self.num_features = num_features
         self.feature_indices = feature_indices  # per band, kept for inspection; the forward uses the buffers below
@@ -124,29 +124,23 @@ class _GroupedBands(nn.Module):
                 gather[row, : self.band_widths[band]] = feature_indices[band]
             self.register_buffer(f"gather_{g}", gather, persistent=False)
             self.register_buffer(f"group_bands_{g}", torch.tensor(group), persistent=False)
+            # where each band's rows of the variable-width layer (concatenated in group order) go in the zero-padded
+            # stack; a layer whose output is `halves` blocks of the band width (2 for the GLU's value and gate
+            # halves) pads each block separately, so the GLU split stays aligned
+            rows = [row * halves * width + half * width + torch.arange(self.band_widths[band])
+                    for row, band in enumerate(group) for half in range(halves)]
+            self.register_buffer(f"padded_rows_{g}", torch.cat(rows), persistent=False)
 
-    def _group_buffers(self, g: int):
-        return getattr(self, f"gather_{g}"), getattr(self, f"group_bands_{g}")
-
-    def _padded_positions(self, g: int, halves: int) -> torch.Tensor:
-        """Row positions of each band's parameters (concatenated in group order) inside the zero-padded stack.
-
-        A layer whose output is `halves` blocks of the band width (2 for the GLU's value and gate halves) pads
-        each block separately, so the GLU split stays aligned."""
-        group, width = self.groups[g], self.group_widths[g]
-        positions = [
-            row * halves * width + half * width + torch.arange(self.band_widths[band])
-            for row, band in enumerate(group)
-            for half in range(halves)
-        ]
-        return torch.cat(positions)
+    def _buffer(self, name: str, g: int) -> torch.Tensor:
+        """Group g's `gather`, `group_bands` or `padded_rows` index buffer."""
+        return getattr(self, f"{name}_{g}")
 
 
 class BandSplit(_GroupedBands):
     """Per band: RMSNorm over its features, then Linear(band width -> dim). Output (batch, frames, bands, dim)."""
 
     def __init__(self, dim: int, feature_indices: list[torch.Tensor], num_features: int):
-        super().__init__(feature_indices, num_features)
+        super().__init__(feature_indices, num_features, halves=1)
         self.dim = dim
         self.to_features = nn.ModuleList(
             [nn.Sequential(RMSNorm(width), nn.Linear(width, dim)) for width in self.band_widths]
@@ -161,7 +155,7 @@ class BandSplit(_GroupedBands):
         def build():
             gains = torch.cat([norm.gamma * norm.scale for norm in norms])
             rows = torch.cat([linear.weight.t() for linear in linears]) * gains[:, None]
-            stacked = rows.new_zeros(len(group) * width, self.dim).index_copy(0, self._padded_positions(g, 1).to(rows.device), rows)
+            stacked = rows.new_zeros(len(group) * width, self.dim).index_copy(0, self._buffer("padded_rows", g), rows)
             return stacked.view(len(group), width, self.dim), torch.stack([linear.bias for linear in linears])
 
         params = [p for module in norms + linears for p in module.parameters()]
@@ -172,7 +166,7 @@ class BandSplit(_GroupedBands):
         features = F.pad(features, (0, 1))
         outputs = []
         for g in range(len(self.groups)):
-            gather, _ = self._group_buffers(g)
+            gather = self._buffer("gather", g)
             weight, bias = self._packed(g)
             band_features = F.normalize(features[..., gather], dim=-1)  # zero padding leaves the norm unchanged
             out = torch.einsum("btnw,nwd->btnd", band_features, weight)
@@ -188,7 +182,7 @@ class MaskEstimator(_GroupedBands):
     """
 
     def __init__(self, dim, feature_indices, num_features, num_linear, mlp_expansion_factor=4):
-        super().__init__(feature_indices, num_features)
+        super().__init__(feature_indices, num_features, halves=2)
         hidden = dim * mlp_expansion_factor
         self.to_freqs = nn.ModuleList()
         for width in self.band_widths:
@@ -198,7 +192,7 @@ class MaskEstimator(_GroupedBands):
                 layers += [nn.Linear(size_in, size_out), nn.Tanh()]
             self.to_freqs.append(nn.Sequential(nn.Sequential(*layers[:-1]), nn.GLU(dim=-1)))
         self.num_linear = num_linear
-        scatter = torch.cat([self._group_buffers(g)[0].flatten() for g in range(len(self.groups))])
+        scatter = torch.cat([self._buffer("gather", g).flatten() for g in range(len(self.groups))])
         self.register_buffer("scatter_index", scatter, persistent=False)
 
     def _linears(self, band: int) -> list[nn.Linear]:
@@ -220,7 +214,7 @@ class MaskEstimator(_GroupedBands):
         linears = [self._linears(band)[-1] for band in group]
 
         def build():
-            positions = self._padded_positions(g, 2).to(linears[0].weight.device)
+            positions = self._buffer("padded_rows", g)
             rows = torch.cat([linear.weight for linear in linears])
             weight = rows.new_zeros(len(group) * 2 * width, rows.shape[1]).index_copy(0, positions, rows)
             biases = torch.cat([linear.bias for linear in linears])
@@ -237,7 +231,7 @@ class MaskEstimator(_GroupedBands):
             x = torch.tanh(x + bias.to(x.dtype))
         masks = []
         for g in range(len(self.groups)):
-            _, bands = self._group_buffers(g)
+            bands = self._buffer("group_bands", g)
             weight, bias = self._packed_output(g)
             out = torch.einsum("btnh,noh->btno", x.index_select(2, bands), weight)
             masks.append(F.glu(out + bias.to(out.dtype), dim=-1).flatten(2))
