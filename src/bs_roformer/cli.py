@@ -66,6 +66,39 @@ def separate_command(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def evaluate_command(args) -> int:
+    from . import evaluate
+
+    if args.estimates:
+        if not (args.references or args.data):
+            raise ValueError("--estimates needs --references (the test set the estimates were made from)")
+        results, problems = evaluate.evaluate_estimates(args.references or args.data, args.estimates,
+                                                        progress=not args.quiet)
+    else:
+        from .separate import Separator
+
+        if not (args.config and args.checkpoint and args.data):
+            raise ValueError("give --config, --checkpoint and --data to separate and score a test set, "
+                             "or --estimates and --references to score stems on disk")
+        separator = Separator.from_files(args.config, args.checkpoint, args.model_type, device=args.device,
+                                         precision=args.precision, batch_size=args.batch_size)
+        results, problems = evaluate.evaluate_model(separator, args.data, progress=not args.quiet)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not results:
+        print("error: no track could be scored", file=sys.stderr)
+        return 1
+    summary = evaluate.summarize(results)
+    print(evaluate.format_table(results, summary))
+    if args.json:
+        evaluate.write_json(args.json, results, summary)
+    if args.csv:
+        evaluate.write_csv(args.csv, results)
+    if args.plot:
+        evaluate.write_plot(args.plot, results)
+    return 0
+
+
 def _duration(path: Path) -> float:
     import soundfile
 
@@ -108,6 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     separate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     separate.set_defaults(run=separate_command)
+
+    evaluate = commands.add_parser("evaluate", help="score separations: global SDR, museval cSDR, SI-SDR, "
+                                   "bleedless/fullness")
+    evaluate.add_argument("-c", "--config", help="the model's YAML config, to separate --data first")
+    evaluate.add_argument("-m", "--checkpoint", help="the model's weights, to separate --data first")
+    evaluate.add_argument("--data", type=Path, help="test set in the MUSDB18-HQ layout (<track>/<stem>.wav)")
+    evaluate.add_argument("--estimates", type=Path, help="stems on disk to score (<track>/<stem>.wav)")
+    evaluate.add_argument("--references", type=Path, help="the references for --estimates (MUSDB18-HQ layout)")
+    evaluate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"))
+    evaluate.add_argument("-d", "--device", default="auto")
+    evaluate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    evaluate.add_argument("-b", "--batch-size", type=int)
+    evaluate.add_argument("--json", type=Path, help="write results and the per-stem summary as JSON")
+    evaluate.add_argument("--csv", type=Path, help="write per-track, per-stem results as CSV")
+    evaluate.add_argument("--plot", type=Path, help="write a PNG of per-track SDR per stem")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=evaluate_command)
     return parser
 
 

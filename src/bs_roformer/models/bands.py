@@ -18,13 +18,9 @@ from .attention import RMSNorm
 DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
 
 
-def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> torch.Tensor:
-    """(num_bands, n_fft // 2 + 1) bool: the bins of each Mel band.
-
-    The support of librosa's `filters.mel(sr, n_fft, n_mels)` (Slaney scale and area norm, fmin 0, fmax sr / 2),
-    computed here with the same float64 formulas, plus the two corner entries set as the classic code does, so that
-    the lowest and highest bins are covered.
-    """
+def slaney_mel_filterbank(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
+    """(num_bands, n_fft // 2 + 1) float32 weights of librosa's `filters.mel(sr, n_fft, n_mels)` (Slaney scale and
+    area norm, fmin 0, fmax sr / 2), computed with the same float64 formulas."""
 
     def hz_to_mel(hz):
         hz = np.asanyarray(hz, dtype=np.float64)
@@ -44,7 +40,14 @@ def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> torch.T
     rising = -ramps[:-2] / widths[:-1, None]
     falling = ramps[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
-    membership = torch.from_numpy(weights > 0)
+    area_norm = 2.0 / (edges_hz[2 : num_bands + 2] - edges_hz[:num_bands])
+    return weights * area_norm[:, None].astype(np.float32)
+
+
+def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> torch.Tensor:
+    """(num_bands, n_fft // 2 + 1) bool: the bins of each Mel band, the support of `slaney_mel_filterbank`, plus the
+    two corner entries set as the classic code does, so that the lowest and highest bins are covered."""
+    membership = torch.from_numpy(slaney_mel_filterbank(sample_rate, n_fft, num_bands) > 0)
     membership[0, 0] = True
     membership[-1, -1] = True
     if not membership.any(dim=0).all():
