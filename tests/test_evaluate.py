@@ -72,8 +72,9 @@ def test_bad_inputs_are_reported_not_fatal(tmp_path, test_set, capsys):
     assert "Artist - Two/other: estimate has 88200 samples, reference 132300; cut or zero-padded" in err
     assert "Artist - Two/vocals: silent reference, SDR undefined" in err
     assert "Artist - Three: estimates at 48000 Hz, references at 44100 Hz; skipped" in err
-    summary = json.loads((tmp_path / "scores.json").read_text())["summary"]
-    assert summary["vocals"]["sdr"]["tracks"] == 1 and math.isfinite(summary["vocals"]["sdr"]["mean"])
+    report = json.loads((tmp_path / "scores.json").read_text())
+    assert report["summary"]["vocals"]["sdr"]["tracks"] == 1 and math.isfinite(report["summary"]["vocals"]["sdr"]["mean"])
+    assert report["tracks"]["Artist - Two"]["vocals"]["sdr"] is None  # undefined, written as null
 
 
 def test_cli_errors(tmp_path, test_set, capsys):

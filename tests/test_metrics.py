@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bs_roformer.metrics import framewise_sdr, global_sdr, museval_sdr, si_sdr
+from bs_roformer.metrics import bleedless_fullness, framewise_sdr, global_sdr, museval_sdr, si_sdr
 
 
 def load_museval_metrics():
@@ -62,3 +62,15 @@ def test_framewise_sdr_pads_short_estimates_and_handles_short_tracks():
     assert frames.shape == (2, 1)  # shorter than a window: one frame, as museval
     long = framewise_sdr(torch.randn(1, 2, 100_000), torch.randn(1, 2, 90_000))
     assert long.shape == (1, 2) and torch.isfinite(long).all()
+
+
+def test_bleedless_and_fullness_respond_to_level_as_documented():
+    """A louder estimate reads as bleed, a quieter one as lost fullness (the community's known caveat)."""
+    reference = torch.randn(3, 2, 44100) * 0.1
+    same = bleedless_fullness(reference, reference)
+    louder = bleedless_fullness(reference, reference * 1.03)
+    quieter = bleedless_fullness(reference, reference * 0.97)
+    assert same[0].shape == (3,) and torch.allclose(same[0], torch.full((3,), 100.0, dtype=torch.float64))
+    assert torch.allclose(louder[0], torch.tensor(100 / (1 + 20 * np.log10(1.03))), atol=0.1)
+    assert torch.allclose(louder[1], torch.tensor(100.0, dtype=torch.float64))
+    assert (quieter[1] < 85).all() and torch.allclose(quieter[0], torch.tensor(100.0, dtype=torch.float64))

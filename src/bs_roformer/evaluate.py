@@ -73,8 +73,8 @@ def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.
             "sdr": global_sdr(reference, estimate).item(),
             "csdr": defined.median().item() if defined.numel() else math.nan,
             "si_sdr": si_sdr(reference, estimate).item(),
-            "bleedless": bleedless,
-            "fullness": fullness,
+            "bleedless": bleedless.item(),
+            "fullness": fullness.item(),
         }
     return scores
 
@@ -163,8 +163,16 @@ def format_table(results, summary) -> str:
     return "\n".join(lines)
 
 
+def _null_for_nan(value):
+    if isinstance(value, dict):
+        return {key: _null_for_nan(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_json(path: Path, results, summary):
-    path.write_text(json.dumps({"summary": summary, "tracks": results}, indent=2, allow_nan=True))
+    """Undefined values (NaN) are written as null, so the file is strict JSON."""
+    report = _null_for_nan({"summary": summary, "tracks": results})
+    path.write_text(json.dumps(report, indent=2, allow_nan=False))
 
 
 def write_csv(path: Path, results):

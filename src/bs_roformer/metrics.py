@@ -85,13 +85,17 @@ def _mel_db(audio: torch.Tensor, mel: torch.Tensor, n_fft: int, hop: int) -> tor
 
 
 def bleedless_fullness(reference, estimate, sample_rate: int = 44100, n_fft: int = 4096, hop: int = 1024,
-                       num_bands: int = 512) -> tuple[float, float]:
-    """(channels, samples) reference and estimate -> (bleedless, fullness)."""
-    reference = torch.as_tensor(reference).float().reshape(-1, torch.as_tensor(reference).shape[-1])
-    estimate = torch.as_tensor(estimate).float().reshape(-1, reference.shape[-1])
+                       num_bands: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., channels, samples) reference and estimate -> (bleedless, fullness), each shaped (...)."""
+    reference, estimate = torch.as_tensor(reference).float(), torch.as_tensor(estimate).float()
     mel = torch.from_numpy(slaney_mel_filterbank(sample_rate, n_fft, num_bands))
-    difference = _mel_db(estimate, mel, n_fft, hop) - _mel_db(reference, mel, n_fft, hop)
-    positive, negative = difference[difference > 0], difference[difference < 0]
-    above = positive.mean().item() if positive.numel() else 0.0
-    below = negative.mean().item() if negative.numel() else 0.0
-    return 100 / (1 + above), 100 / (1 - below)
+    batch = reference.shape[:-2]
+    scores = []
+    for ref, est in zip(reference.reshape(-1, *reference.shape[-2:]), estimate.reshape(-1, *estimate.shape[-2:])):
+        difference = _mel_db(est, mel, n_fft, hop) - _mel_db(ref, mel, n_fft, hop)
+        positive, negative = difference[difference > 0], difference[difference < 0]
+        above = positive.mean().item() if positive.numel() else 0.0
+        below = negative.mean().item() if negative.numel() else 0.0
+        scores.append((100 / (1 + above), 100 / (1 - below)))
+    bleedless, fullness = torch.tensor(scores, dtype=torch.float64).unbind(-1)
+    return bleedless.reshape(batch), fullness.reshape(batch)
