@@ -99,6 +99,14 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def synth_command(args) -> int:
+    from .data.synth import write_dataset
+
+    folders = write_dataset(args.out, args.tracks, args.seconds, args.seed)
+    print(f"wrote {len(folders)} tracks of {args.seconds:g} s (vocals, drums, bass, other, mixture) to {args.out}")
+    return 0
+
+
 def _duration(path: Path) -> float:
     import soundfile
 
@@ -158,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", type=Path, help="write a PNG of per-track SDR per stem")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=evaluate_command)
+
+    synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (one folder per track)")
+    synth.add_argument("--tracks", type=int, default=10)
+    synth.add_argument("--seconds", type=float, default=10.0)
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same songs")
+    synth.set_defaults(run=synth_command)
     return parser
 
 
