@@ -5,7 +5,7 @@ Each stem behaves like its name, so a model trained on them learns the same kind
 - drums: kick (falling sine), snare (noise and a tone) and hi-hat (bright noise ticks) on a tempo grid;
 - bass: low notes following the chord roots, a few harmonics, plucked envelopes;
 - other: sustained chords (pads with slow attack) and a plucked arpeggio, in the middle register.
-Everything is drawn from `numpy.random.default_rng(seed)`: the same seed gives the same files.
+Everything is drawn from `numpy.random.default_rng(seed)`: the same seed gives the same audio.
 """
 
 from pathlib import Path
