@@ -99,6 +99,18 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def train_command(args) -> int:
+    from .config import load_config
+    from .separate import resolve_device
+    from .train import train
+
+    config = load_config(args.config)
+    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=args.init,
+                   device=resolve_device(args.device), progress=not args.quiet)
+    print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
+    return 0
+
+
 def synth_command(args) -> int:
     from .data.synth import write_dataset
 
@@ -166,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", type=Path, help="write a PNG of per-track SDR per stem")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=evaluate_command)
+
+    train = commands.add_parser("train", help="train or fine-tune a model (MSST-style YAML config)")
+    train.add_argument("-c", "--config", required=True, help="YAML config: model, training, audio, augmentations")
+    train.add_argument("--data", type=Path, required=True, help="training tracks (MUSDB18-HQ layout)")
+    train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
+    train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
+    train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
+    train.add_argument("-d", "--device", default="auto")
+    train.add_argument("-q", "--quiet", action="store_true")
+    train.set_defaults(run=train_command)
 
     synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout")
     synth.add_argument("--out", type=Path, required=True, help="output folder (one folder per track)")

@@ -1,0 +1,206 @@
+"""Training and fine-tuning, configured by the published YAML schema. Read it top to bottom: `train()` is the loop.
+
+Keys read from `training:` (MSST names where they exist): `instruments`, `target_instrument`, `batch_size`,
+`gradient_accumulation_steps`, `lr`, `grad_clip` (0 = off), `ema_momentum` (0 = no EMA), `use_amp`, plus
+`num_steps` (optimizer steps in the run), `warmup_steps`, `weight_decay`, `seed`, `validate_every`, `num_workers`.
+From `audio:`: `chunk_size`, `sample_rate`, `min_mean_abs`. From `augmentations:`: `gain_db`, `channel_swap`,
+`polarity` (see data/musdb.py).
+
+Checkpoints (`last.ckpt`, and `best.ckpt` by validation SDR) are written atomically and hold the model, the EMA
+weights, optimizer, scheduler, gradient scaler, step and random states, so `--resume` continues exactly where the
+run stopped: a resumed run ends with the weights an uninterrupted one ends with. `best.ckpt` and `last.ckpt` load
+as plain models too (`checkpoint.load_state_dict` picks the EMA weights, under `state_dict`).
+"""
+
+import json
+import math
+from copy import deepcopy
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import build_model, model_type_of, stem_names
+from .data.musdb import Augmentations, StemChunks
+from .metrics import global_sdr
+
+
+def settings_of(config: dict) -> dict:
+    training, audio = config.get("training") or {}, config.get("audio") or {}
+    return dict(
+        batch_size=int(training.get("batch_size", 2)),
+        accumulation=int(training.get("gradient_accumulation_steps", 1)),
+        lr=float(training.get("lr", 5e-4)),
+        weight_decay=float(training.get("weight_decay", 0.0)),
+        grad_clip=float(training.get("grad_clip", 0.0)),
+        ema=float(training.get("ema_momentum", 0.0)),
+        use_amp=bool(training.get("use_amp", False)),
+        num_steps=int(training.get("num_steps", 1000)),
+        warmup_steps=int(training.get("warmup_steps", 0)),
+        seed=int(training.get("seed", 0)),
+        validate_every=int(training.get("validate_every", 0)),
+        num_workers=int(training.get("num_workers", 0)),
+        chunk=int(audio.get("chunk_size", 131584)),
+        sample_rate=int(audio.get("sample_rate", 44100)),
+        min_mean_abs=float(audio.get("min_mean_abs", 0.0)),
+    )
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def autocast_dtype(device: torch.device, use_amp: bool):
+    """bf16 where the hardware has it (and on CPU), else fp16 on CUDA (with loss scaling); None for fp32."""
+    if not use_amp:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def save_atomically(state: dict, path: Path):
+    partial = path.with_name(path.name + ".part")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def validate(model, config, valid_dir: Path, device) -> dict[str, float]:
+    """Mean global SDR per stem over the validation tracks, separated as `bs-roformer separate` would."""
+    from .evaluate import read_stems, track_folders
+    from .separate import Separator
+
+    separator = Separator(model, config, device=device)
+    totals: dict[str, list[float]] = {}
+    for folder in track_folders(valid_dir):
+        references, rate = read_stems(folder)
+        mixture = references.get("mixture")
+        if mixture is None:
+            mixture = torch.stack([audio for name, audio in references.items()]).sum(0)
+        for stem, estimate in separator.separate(mixture, rate).items():
+            if stem in references and references[stem].abs().sum() > 0:
+                totals.setdefault(stem, []).append(global_sdr(references[stem], estimate).item())
+    model.train()
+    return {stem: float(np.mean(values)) for stem, values in totals.items()}
+
+
+def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
+          valid_dir: str | Path | None = None, init_checkpoint: str | Path | None = None, device="cpu",
+          stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train the model a config describes on the stems under `data_dir`; returns the final log record.
+    `stop_after` ends the run after that many optimizer steps (as an interruption would)."""
+    from .checkpoint import load_state_dict
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(config)
+    device = torch.device(device)
+    torch.manual_seed(settings["seed"])
+    model = build_model(config, model_type_of(config)).to(device).train()
+    if init_checkpoint:  # fine-tuning a published model
+        model.load_state_dict(load_state_dict(init_checkpoint), strict=True)
+    instruments = list((config.get("training") or {}).get("instruments") or stem_names(config))
+    targets = [instruments.index(name) for name in stem_names(config)]
+
+    # the data: one long epoch of reproducible items, so a resumed run reads the items it has not read yet
+    items_per_step = settings["batch_size"] * settings["accumulation"]
+    augmentations = Augmentations(**(config.get("augmentations") or {})) if config.get("augmentations") else None
+    dataset = StemChunks(data_dir, instruments, settings["chunk"], items_per_epoch=settings["num_steps"] * items_per_step,
+                         min_mean_abs=settings["min_mean_abs"], augmentations=augmentations, seed=settings["seed"],
+                         sample_rate=settings["sample_rate"], channels=2 if model.stereo else 1)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, settings["warmup_steps"], settings["num_steps"]))
+    dtype = autocast_dtype(device, settings["use_amp"])
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = [p.detach().clone() for p in model.parameters()] if settings["ema"] > 0 else None
+    step, best = 0, -math.inf
+
+    last = run_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no {last} to resume from")
+        state = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            for average, saved in zip(ema, state["ema"]):
+                average.copy_(saved)
+        step, best = state["step"], state["best"]
+        torch.set_rng_state(state["torch_rng"])  # dropout; the data draws from its own per-item generators
+
+    def checkpoint_state() -> dict:
+        weights = model.state_dict()
+        if ema is not None:  # `state_dict` holds the weights to use: the EMA ones when there are
+            ema_weights = dict(zip([name for name, _ in model.named_parameters()], ema))
+            weights = {key: ema_weights.get(key, value) for key, value in weights.items()}
+        return {"state_dict": weights, "model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step, "best": best,
+                "config": config, "torch_rng": torch.get_rng_state()}
+
+    sampler = range(step * items_per_step, settings["num_steps"] * items_per_step)
+    # its own generator: creating the loader must not draw from the global RNG that dropout (and resuming) uses
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=settings["batch_size"], sampler=sampler,
+                                              num_workers=settings["num_workers"], generator=torch.Generator()))
+    log = open(run_dir / "metrics.jsonl", "a")
+    bar = tqdm(total=settings["num_steps"], initial=step, desc="training", disable=not progress)
+    end = settings["num_steps"] if stop_after is None else min(settings["num_steps"], step + stop_after)
+    record = {}
+    while step < end:
+        started = time.perf_counter()
+        total_loss = 0.0
+        for _ in range(settings["accumulation"]):
+            mixture, stems = (tensor.to(device) for tensor in next(loader))
+            target = stems[:, targets] if len(targets) > 1 else stems[:, targets[0]]
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = model(mixture, target=target) / settings["accumulation"]
+            scaler.scale(loss).backward()
+            total_loss += loss.item()
+        scaler.unscale_(optimizer)
+        if settings["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if ema is not None:
+            with torch.no_grad():
+                for average, parameter in zip(ema, model.parameters()):
+                    average.lerp_(parameter, 1 - settings["ema"])
+        step += 1
+        record = {"step": step, "loss": total_loss, "lr": scheduler.get_last_lr()[0],
+                  "seconds": time.perf_counter() - started}
+        if valid_dir and settings["validate_every"] and (step % settings["validate_every"] == 0 or step == end):
+            record["valid_sdr"] = validate(_weights_for_validation(model, ema), config, Path(valid_dir), device)
+            mean_sdr = float(np.mean(list(record["valid_sdr"].values()))) if record["valid_sdr"] else -math.inf
+            if mean_sdr > best:
+                best = mean_sdr
+                save_atomically(checkpoint_state(), run_dir / "best.ckpt")
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{total_loss:.4f}")
+        bar.update(1)
+    bar.close()
+    log.close()
+    save_atomically(checkpoint_state(), last)
+    return record
+
+
+def _weights_for_validation(model, ema):
+    """A copy of the model holding the EMA weights (or the current ones), for validation."""
+    copy = deepcopy(model)
+    if ema is not None:
+        with torch.no_grad():
+            for target, average in zip(copy.parameters(), ema):
+                target.copy_(average)
+    return copy.eval()
