@@ -107,7 +107,8 @@ def train_command(args) -> int:
     config = load_config(args.config)
     record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=args.init,
                    device=resolve_device(args.device), progress=not args.quiet)
-    print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one report
+        print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
     return 0
 
 

@@ -6,6 +6,10 @@ Keys read from `training:` (MSST names where they exist): `instruments`, `target
 From `audio:`: `chunk_size`, `sample_rate`, `min_mean_abs`. From `augmentations:`: `gain_db`, `channel_swap`,
 `polarity` (see data/musdb.py).
 
+Many GPUs or nodes: `torchrun --nproc_per_node K -m bs_roformer train ...` (PyTorch DDP: NCCL on GPUs, gloo on the
+CPU). Each optimizer step reads `batch_size x gradient_accumulation_steps` items on every rank, different ones; rank 0
+logs, validates and writes checkpoints.
+
 Checkpoints (`last.ckpt`, and `best.ckpt` by validation SDR) are written atomically and hold the model, the EMA
 weights, optimizer, scheduler, gradient scaler, step and random states, so `--resume` continues exactly where the
 run stopped: a resumed run ends with the weights an uninterrupted one ends with. `best.ckpt` and `last.ckpt` load
@@ -17,6 +21,7 @@ import math
 from copy import deepcopy
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +96,25 @@ def validate(model, config, valid_dir: Path, device) -> dict[str, float]:
     return {stem: float(np.mean(values)) for stem, values in totals.items()}
 
 
+def rank_items(micro_batches: range, rank: int, world: int, batch: int) -> list[int]:
+    """The dataset items rank `rank` reads for these micro-batches: micro-batch i of the whole run is items
+    [i * world * batch, (i + 1) * world * batch), split between the ranks in order."""
+    return [(micro * world + rank) * batch + j for micro in micro_batches for j in range(batch)]
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) under torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world, device
+
+
 def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
           valid_dir: str | Path | None = None, init_checkpoint: str | Path | None = None, device="cpu",
           stop_after: int | None = None, progress: bool = True) -> dict:
@@ -101,16 +125,19 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(config)
-    device = torch.device(device)
+    rank, world, device = setup_distributed(torch.device(device))
+    main_process = rank == 0  # logs, validates and writes checkpoints
     torch.manual_seed(settings["seed"])
     model = build_model(config, model_type_of(config)).to(device).train()
     if init_checkpoint:  # fine-tuning a published model
         model.load_state_dict(load_state_dict(init_checkpoint), strict=True)
+    torch.manual_seed(settings["seed"] + rank)  # the same init everywhere, other dropout masks on each rank
+    network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     instruments = list((config.get("training") or {}).get("instruments") or stem_names(config))
     targets = [instruments.index(name) for name in stem_names(config)]
 
     # the data: one long epoch of reproducible items, so a resumed run reads the items it has not read yet
-    items_per_step = settings["batch_size"] * settings["accumulation"]
+    items_per_step = settings["batch_size"] * settings["accumulation"] * world
     augmentations = Augmentations(**(config.get("augmentations") or {})) if config.get("augmentations") else None
     dataset = StemChunks(data_dir, instruments, settings["chunk"], items_per_epoch=settings["num_steps"] * items_per_step,
                          min_mean_abs=settings["min_mean_abs"], augmentations=augmentations, seed=settings["seed"],
@@ -148,23 +175,26 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step, "best": best,
                 "config": config, "torch_rng": torch.get_rng_state()}
 
-    sampler = range(step * items_per_step, settings["num_steps"] * items_per_step)
+    micro_batches = range(step * settings["accumulation"], settings["num_steps"] * settings["accumulation"])
+    sampler = rank_items(micro_batches, rank, world, settings["batch_size"])
     # its own generator: creating the loader must not draw from the global RNG that dropout (and resuming) uses
     loader = iter(torch.utils.data.DataLoader(dataset, batch_size=settings["batch_size"], sampler=sampler,
                                               num_workers=settings["num_workers"], generator=torch.Generator()))
-    log = open(run_dir / "metrics.jsonl", "a")
-    bar = tqdm(total=settings["num_steps"], initial=step, desc="training", disable=not progress)
+    log = open(run_dir / "metrics.jsonl", "a") if main_process else None
+    bar = tqdm(total=settings["num_steps"], initial=step, desc="training", disable=not (progress and main_process))
     end = settings["num_steps"] if stop_after is None else min(settings["num_steps"], step + stop_after)
     record = {}
     while step < end:
         started = time.perf_counter()
         total_loss = 0.0
-        for _ in range(settings["accumulation"]):
+        for micro in range(settings["accumulation"]):
             mixture, stems = (tensor.to(device) for tensor in next(loader))
             target = stems[:, targets] if len(targets) > 1 else stems[:, targets[0]]
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = model(mixture, target=target) / settings["accumulation"]
-            scaler.scale(loss).backward()
+            last_micro = micro == settings["accumulation"] - 1  # DDP averages gradients over ranks only then
+            with (nullcontext() if world == 1 or last_micro else network.no_sync()):
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = network(mixture, target=target) / settings["accumulation"]
+                scaler.scale(loss).backward()
             total_loss += loss.item()
         scaler.unscale_(optimizer)
         if settings["grad_clip"] > 0:
@@ -180,6 +210,8 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
         step += 1
         record = {"step": step, "loss": total_loss, "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - started}
+        if not main_process:
+            continue
         if valid_dir and settings["validate_every"] and (step % settings["validate_every"] == 0 or step == end):
             record["valid_sdr"] = validate(_weights_for_validation(model, ema), config, Path(valid_dir), device)
             mean_sdr = float(np.mean(list(record["valid_sdr"].values()))) if record["valid_sdr"] else -math.inf
@@ -191,8 +223,11 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
         bar.set_postfix(loss=f"{total_loss:.4f}")
         bar.update(1)
     bar.close()
-    log.close()
-    save_atomically(checkpoint_state(), last)
+    if main_process:
+        log.close()
+        save_atomically(checkpoint_state(), last)
+    if world > 1:
+        torch.distributed.barrier()  # no rank leaves before the checkpoint is written
     return record
 
 
