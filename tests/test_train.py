@@ -43,6 +43,7 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
     assert "vocals" in log[2]["valid_sdr"] and "vocals" in log[5]["valid_sdr"]
     model, _ = load_model(CONFIG, tmp_path / "b" / "best.ckpt")  # EMA weights, as a plain model
     assert model.training is False
+    assert (tmp_path / "b" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -70,3 +71,13 @@ def test_train_command_and_fine_tuning(tmp_path, capsys):
     assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "train"),
                  "--out", str(tmp_path / "nothing"), "--resume", "-q"]) == 1
     assert "no " in capsys.readouterr().err
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    write_dataset(tmp_path / "train", tracks=2, seconds=1.0, seed=1)
+    base = dict(CONFIG, model=dict(CONFIG["model"], attn_dropout=0.0, ff_dropout=0.0),
+                training=dict(CONFIG["training"], num_steps=2, validate_every=0))
+    eager = train(base, tmp_path / "train", tmp_path / "eager", progress=False)
+    compiled_config = dict(base, training=dict(base["training"], compile="aot_eager"))
+    compiled = train(compiled_config, tmp_path / "train", tmp_path / "compiled", progress=False)
+    assert abs(eager["loss"] - compiled["loss"]) < 1e-4 * abs(eager["loss"])

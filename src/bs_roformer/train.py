@@ -4,7 +4,8 @@ Keys read from `training:` (MSST names where they exist): `instruments`, `target
 `gradient_accumulation_steps`, `lr`, `grad_clip` (0 = off), `ema_momentum` (0 = no EMA), `use_amp`, plus
 `num_steps` (optimizer steps in the run), `warmup_steps`, `weight_decay`, `seed`, `validate_every`, `num_workers`.
 From `audio:`: `chunk_size`, `sample_rate`, `min_mean_abs`. From `augmentations:`: `gain_db`, `channel_swap`,
-`polarity` (see data/musdb.py).
+`polarity` (see data/musdb.py). `model: use_torch_checkpoint: true` turns on gradient checkpointing; `training:
+compile: true` runs the model through `torch.compile` (or name a backend: `compile: aot_eager`).
 
 Many GPUs or nodes: `torchrun --nproc_per_node K -m bs_roformer train ...` (PyTorch DDP: NCCL on GPUs, gloo on the
 CPU). Each optimizer step reads `batch_size x gradient_accumulation_steps` items on every rank, different ones; rank 0
@@ -48,6 +49,7 @@ def settings_of(config: dict) -> dict:
         seed=int(training.get("seed", 0)),
         validate_every=int(training.get("validate_every", 0)),
         num_workers=int(training.get("num_workers", 0)),
+        compile=training.get("compile", False),
         chunk=int(audio.get("chunk_size", 131584)),
         sample_rate=int(audio.get("sample_rate", 44100)),
         min_mean_abs=float(audio.get("min_mean_abs", 0.0)),
@@ -69,6 +71,34 @@ def autocast_dtype(device: torch.device, use_amp: bool):
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
+
+
+def plot_curves(run_dir: Path):
+    """`curves.png` in the run folder: training loss and validation SDR per stem against the step (needs
+    matplotlib; without it, no plot)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    figure, (loss_axes, sdr_axes) = plt.subplots(1, 2, figsize=(10, 3.5))
+    loss_axes.plot([r["step"] for r in records], [r["loss"] for r in records], linewidth=0.8)
+    loss_axes.set(xlabel="step", ylabel="training loss", yscale="log")
+    validated = [r for r in records if r.get("valid_sdr")]
+    for stem in sorted({stem for r in validated for stem in r["valid_sdr"]}):
+        points = [(r["step"], r["valid_sdr"][stem]) for r in validated if stem in r["valid_sdr"]]
+        sdr_axes.plot(*zip(*points), marker="o", label=stem)
+    sdr_axes.set(xlabel="step", ylabel="validation global SDR (dB)")
+    if validated:
+        sdr_axes.legend()
+    for axes in (loss_axes, sdr_axes):
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(run_dir / "curves.png", dpi=90)
+    plt.close(figure)
 
 
 def save_atomically(state: dict, path: Path):
@@ -133,6 +163,9 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
         model.load_state_dict(load_state_dict(init_checkpoint), strict=True)
     torch.manual_seed(settings["seed"] + rank)  # the same init everywhere, other dropout masks on each rank
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if settings["compile"]:  # true: inductor; a string names another torch.compile backend
+        backend = settings["compile"] if isinstance(settings["compile"], str) else "inductor"
+        network = torch.compile(network, backend=backend)
     instruments = list((config.get("training") or {}).get("instruments") or stem_names(config))
     targets = [instruments.index(name) for name in stem_names(config)]
 
@@ -226,6 +259,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     if main_process:
         log.close()
         save_atomically(checkpoint_state(), last)
+        plot_curves(run_dir)
     if world > 1:
         torch.distributed.barrier()  # no rank leaves before the checkpoint is written
     return record
