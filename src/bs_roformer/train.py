@@ -122,7 +122,6 @@ def validate(model, config, valid_dir: Path, device) -> dict[str, float]:
         for stem, estimate in separator.separate(mixture, rate).items():
             if stem in references and references[stem].abs().sum() > 0:
                 totals.setdefault(stem, []).append(global_sdr(references[stem], estimate).item())
-    model.train()
     return {stem: float(np.mean(values)) for stem, values in totals.items()}
 
 
