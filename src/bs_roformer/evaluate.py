@@ -33,6 +33,13 @@ def read_stems(folder: Path) -> tuple[dict[str, torch.Tensor], int]:
     return stems, rates.pop() if rates else 0
 
 
+def mixture_of(references: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The track's `mixture` stem, else the sum of its stems."""
+    if "mixture" in references:
+        return references["mixture"]
+    return torch.stack(list(references.values())).sum(0)
+
+
 def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor], sample_rate: int,
                 problems: list[str], track: str) -> dict[str, dict[str, float]]:
     """{stem: {metric: value}} for the stems present in both; NaN where a metric is undefined (silent reference).
@@ -133,10 +140,7 @@ def evaluate_model(separator, data_dir: Path, progress=True):
     def pairs():
         for folder in folders:
             references, rate = read_stems(folder)
-            mixture = references.get("mixture")
-            if mixture is None:
-                mixture = torch.stack(list(references.values())).sum(0)
-            yield folder.name, references, separator.separate(mixture, rate), rate
+            yield folder.name, references, separator.separate(mixture_of(references), rate), rate
 
     return _score_all(pairs(), len(folders), problems, progress), problems
 

@@ -109,17 +109,14 @@ def save_atomically(state: dict, path: Path):
 
 def validate(model, config, valid_dir: Path, device) -> dict[str, float]:
     """Mean global SDR per stem over the validation tracks, separated as `bs-roformer separate` would."""
-    from .evaluate import read_stems, track_folders
+    from .evaluate import mixture_of, read_stems, track_folders
     from .separate import Separator
 
     separator = Separator(model, config, device=device)
     totals: dict[str, list[float]] = {}
     for folder in track_folders(valid_dir):
         references, rate = read_stems(folder)
-        mixture = references.get("mixture")
-        if mixture is None:
-            mixture = torch.stack([audio for name, audio in references.items()]).sum(0)
-        for stem, estimate in separator.separate(mixture, rate).items():
+        for stem, estimate in separator.separate(mixture_of(references), rate).items():
             if stem in references and references[stem].abs().sum() > 0:
                 totals.setdefault(stem, []).append(global_sdr(references[stem], estimate).item())
     return {stem: float(np.mean(values)) for stem, values in totals.items()}
