@@ -38,6 +38,7 @@ def worker(rank: int, world: int, port: int, folder: str, out: str):
     grads = gradients(folder, rank, world, batch=2, distributed=True)
     if rank == 0:
         torch.save(grads, out)
+    torch.distributed.barrier()  # rank 0 hosts the store: nobody tears down while another rank still needs it
     torch.distributed.destroy_process_group()
 
 
