@@ -14,6 +14,7 @@ import soundfile
 import soxr
 
 BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per read
+STEM_EXTENSIONS = (".wav", ".flac")  # what stem folders (MUSDB18-HQ layout) hold
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm"}
 OUTPUT_FORMATS = {  # name: (file extension, soundfile format, subtype)
     "wav16": ("wav", "WAV", "PCM_16"),

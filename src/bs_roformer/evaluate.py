@@ -14,17 +14,17 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from .audio import STEM_EXTENSIONS
 from .metrics import bleedless_fullness, framewise_sdr, global_sdr, si_sdr
 
 METRICS = ("sdr", "csdr", "si_sdr", "bleedless", "fullness")
-AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 def read_stems(folder: Path) -> tuple[dict[str, torch.Tensor], int]:
     """{stem: (channels, samples)} of one track folder and its sample rate; `mixture` included if present."""
     stems, rates = {}, set()
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
+        if path.suffix.lower() in STEM_EXTENSIONS and path.is_file():
             audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
             stems[path.stem] = torch.from_numpy(audio.T.copy())
             rates.add(rate)
@@ -107,7 +107,7 @@ def track_folders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
     tracks = sorted(path for path in folder.iterdir()
-                    if path.is_dir() and any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.iterdir()))
+                    if path.is_dir() and any(p.suffix.lower() in STEM_EXTENSIONS for p in path.iterdir()))
     if not tracks:
         raise ValueError(f"{folder} holds no track folders with .wav/.flac stems (MUSDB18-HQ layout)")
     return tracks
