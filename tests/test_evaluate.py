@@ -84,7 +84,9 @@ def test_cli_errors(tmp_path, test_set, capsys):
     assert main(["evaluate", "--estimates", str(estimates), "--references", str(tmp_path / "nowhere"), "-q"]) == 1
     assert "not a folder" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(references), "-q"]) == 1
-    assert "give --config, --checkpoint and --data" in capsys.readouterr().err
+    assert "give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo" in capsys.readouterr().err
+    assert main(["evaluate", "-c", "config.yaml", "-m", "model.ckpt", "-q"]) == 1
+    assert "give --data (and the model)" in capsys.readouterr().err
 
 
 def test_separates_and_scores_a_test_set_with_a_model(tmp_path, test_set, capsys):

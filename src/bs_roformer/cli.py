@@ -28,9 +28,29 @@ def inspect_command(args) -> int:
     return 0
 
 
+def model_files(args) -> tuple:
+    """(config, checkpoint) from -c/-m, or the shipped demo model's with --demo."""
+    if args.demo:
+        if args.config or args.checkpoint:
+            raise ValueError("--demo uses the shipped demo model: leave out --config and --checkpoint")
+        from . import demo
+
+        return demo.CONFIG, demo.WEIGHTS
+    if not (args.config and args.checkpoint):
+        raise ValueError("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo")
+    return args.config, args.checkpoint
+
+
 def separate_command(args) -> int:
     from .separate import Separator
 
+    config, checkpoint = model_files(args)
+    if not args.inputs:
+        if not args.demo:
+            raise ValueError("give the audio files or folders to separate")
+        from . import demo
+
+        args.inputs = [demo.CLIP]
     files, problems = find_audio(args.inputs)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -38,7 +58,7 @@ def separate_command(args) -> int:
         print("error: nothing to separate", file=sys.stderr)
         return 1
     separator = Separator.from_files(
-        args.config, args.checkpoint, args.model_type, device=args.device, precision=args.precision,
+        config, checkpoint, args.model_type, device=args.device, precision=args.precision,
         chunk_size=args.chunk_size, num_overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
     )
     stems = args.stems.split(",") if args.stems else None
@@ -77,10 +97,11 @@ def evaluate_command(args) -> int:
     else:
         from .separate import Separator
 
-        if not (args.config and args.checkpoint and args.data):
-            raise ValueError("give --config, --checkpoint and --data to separate and score a test set, "
+        if not args.data:
+            raise ValueError("give --data (and the model) to separate and score a test set, "
                              "or --estimates and --references to score stems on disk")
-        separator = Separator.from_files(args.config, args.checkpoint, args.model_type, device=args.device,
+        config, checkpoint = model_files(args)
+        separator = Separator.from_files(config, checkpoint, args.model_type, device=args.device,
                                          precision=args.precision, batch_size=args.batch_size)
         results, problems = evaluate.evaluate_model(separator, args.data, progress=not args.quiet)
     for problem in problems:
@@ -140,9 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=inspect_command)
 
     separate = commands.add_parser("separate", help="split songs into stems")
-    separate.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
-    separate.add_argument("-c", "--config", required=True, help="the model's YAML config (MSST format)")
-    separate.add_argument("-m", "--checkpoint", required=True, help="the model's weights (.ckpt/.pth/.safetensors)")
+    separate.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
+    separate.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
+    separate.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
+    separate.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package "
+                          "(and, with no INPUT, its synthetic demo clip)")
     separate.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder")
     separate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
                           help="override the config's training.model_type")
@@ -167,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bleedless/fullness")
     evaluate.add_argument("-c", "--config", help="the model's YAML config, to separate --data first")
     evaluate.add_argument("-m", "--checkpoint", help="the model's weights, to separate --data first")
+    evaluate.add_argument("--demo", action="store_true", help="separate --data with the shipped demo model")
     evaluate.add_argument("--data", type=Path, help="test set in the MUSDB18-HQ layout (<track>/<stem>.wav)")
     evaluate.add_argument("--estimates", type=Path, help="stems on disk to score (<track>/<stem>.wav)")
     evaluate.add_argument("--references", type=Path, help="the references for --estimates (MUSDB18-HQ layout)")

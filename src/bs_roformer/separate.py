@@ -219,6 +219,13 @@ class Separator:
         model, config = load_model(config_path, checkpoint_path, model_type)
         return cls(model, config, **options)
 
+    @classmethod
+    def demo(cls, **options) -> "Separator":
+        """The small vocal model shipped in the package (trained on synthetic songs; see `bs_roformer.demo`)."""
+        from . import demo
+
+        return cls.from_files(demo.CONFIG, demo.WEIGHTS, **options)
+
     # -- the model call on one batch of chunks --
 
     def _model_call(self, batch: torch.Tensor) -> torch.Tensor:
