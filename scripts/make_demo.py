@@ -45,6 +45,8 @@ def main():
     soundfile.write(str(demo.CLIP), 0.8 * mixture.T / abs(mixture).max(), 44100, subtype="PCM_16")
 
     results, problems = evaluate_model(Separator.demo(device="cpu"), work / "test")
+    for problem in problems:
+        print(f"warning: {problem}")
     print(format_table(results, summarize(results)))
 
 
