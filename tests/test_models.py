@@ -213,6 +213,17 @@ def test_rotary_angles_are_exact_for_long_sequences_under_bf16():
 
 
 @pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
+def test_training_after_inference_mode(model_class, kwargs):
+    # separating (under torch.inference_mode) must leave no cached tensor that a later training step cannot use
+    model = model_class(**kwargs, stereo=True)
+    audio = torch.randn(1, 2, 3000)
+    with torch.inference_mode():
+        model(audio)
+    model(audio, target=audio).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
 def test_bf16_autocast_is_close_to_fp32(model_class, kwargs):
     model = with_deterministic_weights(model_class(**kwargs, stereo=True))
     audio = torch.randn(1, 2, 8000) * 0.3

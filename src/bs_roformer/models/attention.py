@@ -49,7 +49,8 @@ class RotaryEmbedding(nn.Module):
             return self._table(length, device)
         key = (length, device, self.freqs.data_ptr(), self.freqs._version)  # a loaded checkpoint invalidates it
         if key not in self._cache:
-            self._cache[key] = self._table(length, device)
+            with torch.inference_mode(False):  # made in inference mode, a cached table could not serve training
+                self._cache[key] = self._table(length, device)
         return self._cache[key]
 
     def _table(self, length: int, device: torch.device) -> torch.Tensor:
