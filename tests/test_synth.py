@@ -14,8 +14,9 @@ def band_energy_fraction(audio: np.ndarray, low: float, high: float, rate: int =
 
 
 def test_cli_writes_musdb_layout_deterministically(tmp_path, capsys):
-    for name in ("a", "b"):
-        assert main(["synth", "--out", str(tmp_path / name), "--tracks", "2", "--seconds", "1.5", "--seed", "3"]) == 0
+    for name, jobs in (("a", "1"), ("b", "2")):  # b: two processes write the same songs
+        assert main(["synth", "--out", str(tmp_path / name), "--tracks", "2", "--seconds", "1.5", "--seed", "3",
+                     "--jobs", jobs]) == 0
     tracks = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(tracks) == 2
     for track in tracks:

@@ -136,7 +136,7 @@ def train_command(args) -> int:
 def synth_command(args) -> int:
     from .data.synth import write_dataset
 
-    folders = write_dataset(args.out, args.tracks, args.seconds, args.seed)
+    folders = write_dataset(args.out, args.tracks, args.seconds, args.seed, jobs=args.jobs)
     print(f"wrote {len(folders)} tracks of {args.seconds:g} s (vocals, drums, bass, other, mixture) to {args.out}")
     return 0
 
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--tracks", type=int, default=10)
     synth.add_argument("--seconds", type=float, default=10.0)
     synth.add_argument("--seed", type=int, default=0, help="same seed, same songs")
+    synth.add_argument("-j", "--jobs", type=int, default=1, help="processes writing songs (same songs for any number)")
     synth.set_defaults(run=synth_command)
     return parser
 

@@ -8,6 +8,7 @@ Each stem behaves like its name, so a model trained on them learns the same kind
 Everything is drawn from `numpy.random.default_rng(seed)`: the same seed gives the same audio.
 """
 
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -144,15 +145,24 @@ def synthesize_track(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE) 
     return stems
 
 
-def write_dataset(out: Path, tracks: int, seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> list[Path]:
-    """Write `tracks` songs as `out/<track>/<stem>.wav` plus `mixture.wav` (the sum); returns the track folders."""
-    folders = []
-    for index in range(tracks):
-        folder = Path(out) / f"synth_{seed:04d}_{index:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        stems = synthesize_track(seed * 100_003 + index, seconds, sample_rate)
-        for name, audio in stems.items():
-            soundfile.write(str(folder / f"{name}.wav"), audio.T, sample_rate, subtype="FLOAT")
-        soundfile.write(str(folder / "mixture.wav"), sum(stems.values()).T, sample_rate, subtype="FLOAT")
-        folders.append(folder)
+def write_dataset(out: Path, tracks: int, seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE,
+                  jobs: int = 1) -> list[Path]:
+    """Write `tracks` songs as `out/<track>/<stem>.wav` plus `mixture.wav` (the sum), in `jobs` processes; returns the
+    track folders. Each song depends on (seed, index) alone, so any number of jobs writes the same files."""
+    folders = [Path(out) / f"synth_{seed:04d}_{index:04d}" for index in range(tracks)]
+    arguments = [(folder, seed * 100_003 + index, seconds, sample_rate) for index, folder in enumerate(folders)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            list(pool.map(_write_track, *zip(*arguments)))
+    else:
+        for argument in arguments:
+            _write_track(*argument)
     return folders
+
+
+def _write_track(folder: Path, seed: int, seconds: float, sample_rate: int):
+    folder.mkdir(parents=True, exist_ok=True)
+    stems = synthesize_track(seed, seconds, sample_rate)
+    for name, audio in stems.items():
+        soundfile.write(str(folder / f"{name}.wav"), audio.T, sample_rate, subtype="FLOAT")
+    soundfile.write(str(folder / "mixture.wav"), sum(stems.values()).T, sample_rate, subtype="FLOAT")
