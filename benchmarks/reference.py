@@ -26,13 +26,14 @@ def rerun_with_allocator_settings():
 
 def import_reference(path: str):
     """Import the classic package from `path` under its own name, then give `bs_roformer` back to ours."""
+    path = os.path.abspath(path)
     own = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "bs_roformer"}
     for name in own:
         del sys.modules[name]
     sys.path.insert(0, path)
     try:
         reference = importlib.import_module("bs_roformer")
-        if not reference.__file__.startswith(os.path.abspath(path)):
+        if not reference.__file__.startswith(path):
             raise ImportError(f"bs_roformer was not found in {path}")
     finally:
         sys.path.remove(path)
