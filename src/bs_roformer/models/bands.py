@@ -184,6 +184,8 @@ class MaskEstimator(_GroupedBands):
     each feature's mask summed over the bands that contain it (one band for BS-RoFormer, up to two for Mel).
     """
 
+    HIDDEN_ELEMENTS_PER_SLICE = 2**24
+
     def __init__(self, dim, feature_indices, num_features, num_linear, mlp_expansion_factor=4):
         super().__init__(feature_indices, num_features, halves=2)
         hidden = dim * mlp_expansion_factor
@@ -194,7 +196,7 @@ class MaskEstimator(_GroupedBands):
             for size_in, size_out in zip(sizes[:-1], sizes[1:]):
                 layers += [nn.Linear(size_in, size_out), nn.Tanh()]
             self.to_freqs.append(nn.Sequential(nn.Sequential(*layers[:-1]), nn.GLU(dim=-1)))
-        self.num_linear = num_linear
+        self.num_linear, self.hidden = num_linear, hidden
         scatter = torch.cat([self._buffer("gather", g).flatten() for g in range(len(self.groups))])
         self.register_buffer("scatter_index", scatter, persistent=False)
 
@@ -228,6 +230,16 @@ class MaskEstimator(_GroupedBands):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, frames, bands, dim) -> (batch, frames, num_features)."""
+        if torch.is_grad_enabled() or self.num_linear == 1:
+            return self._masks(x)
+        # In inference, slices of frames: every band's hidden layer at once would be the model's largest tensor
+        # (batch x frames x bands x 4 dim: 1.6 GB for viperx's model on 4 chunks), where the classic loop holds one
+        # band's. Each frame's masks depend on that frame alone.
+        per_frame = x.shape[0] * x.shape[2] * self.hidden
+        step = max(1, self.HIDDEN_ELEMENTS_PER_SLICE // per_frame)
+        return torch.cat([self._masks(part) for part in x.split(step, dim=1)], dim=1)
+
+    def _masks(self, x: torch.Tensor) -> torch.Tensor:
         for layer in range(self.num_linear - 1):
             weight, bias = self._packed_hidden(layer)
             x = torch.einsum("btni,nio->btno", x, weight)
