@@ -117,7 +117,8 @@ class Attention(nn.Module):
         del q, k
         # gate in (batch, seq, heads, dim_head) order: the CPU flash kernel returns that memory layout
         gates = torch.sigmoid(self.to_gates(x)).unsqueeze(-1)
-        out = (out.transpose(1, 2) * gates).reshape(batch, seq, self.heads * self.dim_head)
+        out = out.transpose(1, 2)
+        out = (out * gates if out.requires_grad else out.mul_(gates)).reshape(batch, seq, self.heads * self.dim_head)
         return self.to_out(out), v
 
 
