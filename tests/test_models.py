@@ -215,9 +215,12 @@ def test_rotary_angles_are_exact_for_long_sequences_under_bf16():
 
 
 @pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
-def test_training_after_inference_mode(model_class, kwargs):
-    # separating (under torch.inference_mode) must leave no cached tensor that a later training step cannot use
+@pytest.mark.parametrize("frozen_mask_estimators", [False, True])
+def test_training_after_inference_mode(model_class, kwargs, frozen_mask_estimators):
+    # separating (under torch.inference_mode) must leave no cached tensor that a later training step cannot use:
+    # rotary tables, and the stacked band weights that frozen mask estimators keep using from the cache
     model = model_class(**kwargs, stereo=True)
+    model.mask_estimators.requires_grad_(not frozen_mask_estimators)
     audio = torch.randn(1, 2, 3000)
     with torch.inference_mode():
         model(audio)
