@@ -61,7 +61,8 @@ def training_step(model, audio, target, dtype):
     loss.backward()
 
 
-def benchmark(name: str, reference_package, args) -> list[str]:
+def benchmark(name: str, reference_package, args):
+    """Print the table rows of one model."""
     class_name, kwargs = MODELS[name]
     reference = getattr(reference_package, class_name)(**COMMON, **kwargs).cuda()
     model = getattr(ours, class_name)(**COMMON, **kwargs, zero_dc=False).cuda()
@@ -69,7 +70,6 @@ def benchmark(name: str, reference_package, args) -> list[str]:
     audio = torch.randn(4, 2, 8 * 44100, device="cuda") * 0.1
     train_audio = torch.randn(2, 2, 4 * 44100, device="cuda") * 0.1
     target = torch.randn_like(train_audio) * 0.1
-    rows = []
     for precision, dtype in DTYPES.items():
         tasks = {f"inference {precision}": lambda m: inference(m.eval(), audio, dtype),
                  f"train step {precision}": lambda m: training_step(m.train(), train_audio, target, dtype)}
@@ -80,15 +80,12 @@ def benchmark(name: str, reference_package, args) -> list[str]:
                 measured = f"{seconds * 1000:.0f} | {seconds / ours_seconds:.2f}x | {ours_mb:.0f} | {mb:.0f} |"
             except RuntimeError as error:  # the classic code takes view_as_complex of bf16 masks, which CUDA refuses
                 measured = f"fails: {str(error).split(',')[0]} | | {ours_mb:.0f} | |"
-            rows.append(f"| {name} | {task} | {ours_seconds * 1000:.0f} | {measured}")
-            print(rows[-1], flush=True)
+            print(f"| {name} | {task} | {ours_seconds * 1000:.0f} | {measured}", flush=True)
     if args.compile:
         model._transform = torch.compile(model._transform)
         for precision in ("bf16", "fp16"):
             seconds = cuda_seconds(lambda: inference(model.eval(), audio, DTYPES[precision]), args.repeats)
-            rows.append(f"| {name} | inference {precision}, ours compiled | {seconds * 1000:.0f} | | | | |")
-            print(rows[-1], flush=True)
-    return rows
+            print(f"| {name} | inference {precision}, ours compiled | {seconds * 1000:.0f} | | | | |", flush=True)
 
 
 def main():
