@@ -6,6 +6,7 @@ import torch
 
 from bs_roformer import BSRoformer, MelBandRoformer
 from bs_roformer.models.attention import RotaryEmbedding
+from bs_roformer.models.loss import MultiResolutionSTFTLoss
 from conftest import with_deterministic_weights
 
 SMALL = dict(dim=32, depth=2, heads=2, dim_head=16, time_transformer_depth=1, freq_transformer_depth=1)
@@ -138,6 +139,29 @@ def test_flash_attention_equals_plain_attention():
     plain = with_deterministic_weights(BSRoformer(**TINY_BS, stereo=True, flash_attn=False))
     with torch.no_grad():
         assert (fast(audio) - plain(audio)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_multi_resolution_loss_equals_two_torch_stfts_per_resolution(normalized):
+    """The loss transforms `estimate - target` once per resolution, with frames cut to the window: same value and
+    gradient as the classic statement (two centred `torch.stft`s, window padded to n_fft)."""
+    sizes, hop, n_fft = (4096, 2048, 1024, 300), 147, 2048  # 4096 > n_fft; 300 leaves uneven padding
+    loss = MultiResolutionSTFTLoss(sizes, hop, n_fft, normalized=normalized)
+    estimate = torch.randn(2, 2, 9001, requires_grad=True)
+    target = torch.randn(2, 2, 9001)
+
+    def plain(estimate):
+        def stft(audio, size):
+            return torch.stft(audio.reshape(-1, audio.shape[-1]), n_fft=max(size, n_fft), hop_length=hop,
+                              win_length=size, window=torch.hann_window(size), normalized=normalized,
+                              return_complex=True)
+        return sum((stft(estimate, size) - stft(target, size)).abs().mean() for size in sizes)
+
+    fast_value, plain_value = loss(estimate, target), plain(estimate)
+    fast_grad, = torch.autograd.grad(fast_value, estimate)
+    plain_grad, = torch.autograd.grad(plain_value, estimate)
+    assert abs(fast_value.item() - plain_value.item()) <= 1e-5 * plain_value.item()
+    assert (fast_grad - plain_grad).abs().max() <= 1e-4 * plain_grad.abs().max()  # as the parity tests
 
 
 def test_inference_weight_cache_follows_parameter_updates():

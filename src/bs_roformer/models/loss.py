@@ -7,8 +7,15 @@ import torch.nn.functional as F
 class MultiResolutionSTFTLoss(torch.nn.Module):
     """Sum over window sizes w of mean |STFT_w(estimate) - STFT_w(target)| (complex modulus).
 
-    Each resolution uses n_fft = max(w, stft_n_fft), win_length = w, the same hop for all, and `window_fn(w)`.
-    Computed in float32 even under autocast.
+    Each resolution is `torch.stft` with n_fft = max(w, stft_n_fft), win_length = w, the same hop for all, centred
+    frames with reflect padding, and `window_fn(w)`. Computed in float32 even under autocast, and faster than the
+    classic way (the same value to float32 rounding; tested):
+    - the STFT is linear, so one transform of `estimate - target` replaces two;
+    - only the w window samples of each frame are cut out and weighted; `rfft(n=n_fft)` zero-pads them at the end
+      where `torch.stft` pads the window on both sides, which turns every bin by the same phase for both signals and
+      leaves the modulus unchanged;
+    - frames come from `unfold`, whose backward is an overlap-add; torch.stft's strided frames backpropagate
+      through a slow `index_add_`.
     """
 
     def __init__(self, window_sizes, hop_length, stft_n_fft, normalized=False, window_fn=torch.hann_window):
@@ -18,18 +25,21 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
         for size in self.window_sizes:
             self.register_buffer(f"window_{size}", window_fn(size).float(), persistent=False)
 
-    def _stft(self, audio: torch.Tensor, size: int) -> torch.Tensor:
-        return torch.stft(audio.reshape(-1, audio.shape[-1]).float(), n_fft=max(size, self.stft_n_fft),
-                          hop_length=self.hop_length, win_length=size, window=getattr(self, f"window_{size}"),
-                          normalized=self.normalized, return_complex=True)
+    def _spectrum(self, audio: torch.Tensor, size: int) -> torch.Tensor:
+        """(signals, samples) -> (signals, frames, n_fft // 2 + 1), the bins up to a per-bin phase."""
+        n_fft = max(size, self.stft_n_fft)
+        padded = F.pad(audio[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
+        left = (n_fft - size) // 2  # where the window starts in each n_fft frame
+        windowed = padded[:, left : padded.shape[-1] - (n_fft - size - left)].unfold(-1, size, self.hop_length)
+        windowed = windowed * getattr(self, f"window_{size}")
+        return torch.fft.rfft(windowed, n=n_fft, norm="ortho" if self.normalized else "backward")
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = estimate.new_zeros((), dtype=torch.float32)
         with torch.autocast(estimate.device.type, enabled=False):
+            difference = (estimate.float() - target.float()).reshape(-1, estimate.shape[-1])
+            total = difference.new_zeros(())
             for size in self.window_sizes:
-                with torch.no_grad():  # the target needs no gradient: this halves the FFTs of the backward pass
-                    target_spec = self._stft(target, size)
-                total = total + (self._stft(estimate, size) - target_spec).abs().mean()
+                total = total + self._spectrum(difference, size).abs().mean()
         return total
 
 
