@@ -141,11 +141,12 @@ def test_flash_attention_equals_plain_attention():
         assert (fast(audio) - plain(audio)).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("normalized", [False, True])
-def test_multi_resolution_loss_equals_two_torch_stfts_per_resolution(normalized):
+@pytest.mark.parametrize("normalized, n_fft", [(False, 2048), (True, 2048), (False, 1023)])
+def test_multi_resolution_loss_equals_two_torch_stfts_per_resolution(normalized, n_fft):
     """The loss transforms `estimate - target` once per resolution, with frames cut to the window: same value and
-    gradient as the classic statement (two centred `torch.stft`s, window padded to n_fft)."""
-    sizes, hop, n_fft = (4096, 2048, 1024, 300), 147, 2048  # 4096 > n_fft; 300 leaves uneven padding
+    gradient (its backward is an inverse real FFT) as the classic statement: two centred `torch.stft`s, the
+    window padded to n_fft."""
+    sizes, hop = (4096, 2048, 1024, 300), 147  # 4096 > n_fft; 300 leaves uneven padding (and odd n with 1023)
     loss = MultiResolutionSTFTLoss(sizes, hop, n_fft, normalized=normalized)
     estimate = torch.randn(2, 2, 9001, requires_grad=True)
     target = torch.randn(2, 2, 9001)
