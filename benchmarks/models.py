@@ -22,9 +22,17 @@ if __name__ == "__main__":
     rerun_with_allocator_settings()
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 import bs_roformer as ours  # noqa: E402
+
+
+def cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch's FlopCounterMode has no formula for the CPU flash kernel and would count attention as free."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops}
 
 
 def build(side: str, model: str, config: dict, reference_path: str):
@@ -99,7 +107,7 @@ def benchmark(model_name: str, args) -> list[str]:
     parity = (fp32[..., :length] - reference_fp32).abs().max().item()
     snr_ours = snr_db(run_inference(model, audio, bf16=True), fp32)
     snr_reference = snr_db(run_inference(reference, audio, bf16=True), reference_fp32)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
         run_inference(model, audio, bf16=False)
     flops = counter.get_total_flops()
 

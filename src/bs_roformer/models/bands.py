@@ -117,16 +117,16 @@ class _GroupedBands(nn.Module):
         self.groups = group_bands(self.band_widths)
         self.group_widths = [max(self.band_widths[band] for band in group) for group in self.groups]
         self._packer = WeightPacker()
-        # the concatenated groups hold the bands in `self.groups` order; `band_order` puts them back in band order
-        grouped_order = [band for group in self.groups for band in group]
-        self.register_buffer("band_order", torch.tensor(grouped_order).argsort(), persistent=False)
+        # the concatenated groups hold the bands in `grouped_order`; `band_order` puts them back in band order
+        self.grouped_order = [band for group in self.groups for band in group]
+        self.register_buffer("grouped_index", torch.tensor(self.grouped_order), persistent=False)
+        self.register_buffer("band_order", self.grouped_index.argsort(), persistent=False)
         for g, (group, width) in enumerate(zip(self.groups, self.group_widths)):
             # padded slots read (and write to) position `num_features`, an extra zero feature
             gather = torch.full((len(group), width), num_features, dtype=torch.long)
             for row, band in enumerate(group):
                 gather[row, : self.band_widths[band]] = feature_indices[band]
             self.register_buffer(f"gather_{g}", gather, persistent=False)
-            self.register_buffer(f"group_bands_{g}", torch.tensor(group), persistent=False)
             # where each band's rows of the variable-width layer (concatenated in group order) go in the zero-padded
             # stack; a layer whose output is `halves` blocks of the band width (2 for the GLU's value and gate
             # halves) pads each block separately, so the GLU split stays aligned
@@ -135,7 +135,7 @@ class _GroupedBands(nn.Module):
             self.register_buffer(f"padded_rows_{g}", torch.cat(rows), persistent=False)
 
     def _buffer(self, name: str, g: int) -> torch.Tensor:
-        """Group g's `gather`, `group_bands` or `padded_rows` index buffer."""
+        """Group g's `gather` or `padded_rows` index buffer."""
         return getattr(self, f"{name}_{g}")
 
 
@@ -204,17 +204,17 @@ class MaskEstimator(_GroupedBands):
         return list(self.to_freqs[band][0][::2])
 
     def _packed_hidden(self, layer: int):
-        """(weight (bands, in, out), bias (bands, out)) of hidden layer `layer`, same shape for every band."""
-        linears = [self._linears(band)[layer] for band in range(len(self.band_widths))]
+        """(weight (bands, in, out), bias (bands, 1, out)) of hidden layer `layer`, bands in grouped order."""
+        linears = [self._linears(band)[layer] for band in self.grouped_order]
 
         def build():
             weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)
-            return weight, torch.stack([linear.bias for linear in linears])
+            return weight, torch.stack([linear.bias for linear in linears])[:, None]
 
         return self._packer.get(f"hidden_{layer}", [p for m in linears for p in m.parameters()], build)
 
     def _packed_output(self, g: int):
-        """(weight (bands, 2 * width, hidden), bias (bands, 2 * width)) of the last layer for group g."""
+        """(weight (bands, hidden, 2 * width), bias (bands, 1, 2 * width)) of the last layer for group g."""
         group, width = self.groups[g], self.group_widths[g]
         linears = [self._linears(band)[-1] for band in group]
 
@@ -224,7 +224,7 @@ class MaskEstimator(_GroupedBands):
             weight = rows.new_zeros(len(group) * 2 * width, rows.shape[1]).index_copy(0, positions, rows)
             biases = torch.cat([linear.bias for linear in linears])
             bias = biases.new_zeros(len(group) * 2 * width).index_copy(0, positions, biases)
-            return weight.view(len(group), 2 * width, -1), bias.view(len(group), 2 * width)
+            return weight.view(len(group), 2 * width, -1).transpose(1, 2), bias.view(len(group), 1, 2 * width)
 
         return self._packer.get(f"output_{g}", [p for m in linears for p in m.parameters()], build)
 
@@ -240,17 +240,20 @@ class MaskEstimator(_GroupedBands):
         return torch.cat([self._masks(part) for part in x.split(step, dim=1)], dim=1)
 
     def _masks(self, x: torch.Tensor) -> torch.Tensor:
+        # band-major (bands, batch * frames, features), bands in grouped order: each product is a batched matmul
+        # on contiguous operands, and a group's bands are a contiguous block
+        batch, frames = x.shape[:2]
+        x = x.permute(2, 0, 1, 3).index_select(0, self.grouped_index).flatten(1, 2)
         for layer in range(self.num_linear - 1):
             weight, bias = self._packed_hidden(layer)
-            x = torch.einsum("btni,nio->btno", x, weight)
-            x = torch.tanh(x + bias.to(x.dtype))
+            x = torch.baddbmm(bias.to(x.dtype), x, weight)
+            x = torch.tanh(x) if x.requires_grad else x.tanh_()
         masks = []
-        for g in range(len(self.groups)):
-            bands = self._buffer("group_bands", g)
+        for g, bands in enumerate(x.split([len(group) for group in self.groups])):
             weight, bias = self._packed_output(g)
-            out = torch.einsum("btnh,noh->btno", x.index_select(2, bands), weight)
-            masks.append(F.glu(out + bias.to(out.dtype), dim=-1).flatten(2))
+            out = F.glu(torch.baddbmm(bias.to(bands.dtype), bands, weight), dim=-1)  # (bands, batch * frames, width)
+            masks.append(out.transpose(0, 1).flatten(1))
         masks = torch.cat(masks, dim=-1)
         # padded slots land in the extra slot `num_features`; one more keeps rows of (real, imag) pairs aligned
-        summed = masks.new_zeros(*masks.shape[:2], self.num_features + 2).index_add_(-1, self.scatter_index, masks)
-        return summed[..., : self.num_features]
+        summed = masks.new_zeros(batch * frames, self.num_features + 2).index_add_(-1, self.scatter_index, masks)
+        return summed[:, : self.num_features].view(batch, frames, self.num_features)
