@@ -91,6 +91,8 @@ def test_cli_errors(tmp_path, test_set, capsys):
 
 def test_separates_and_scores_a_test_set_with_a_model(tmp_path, test_set, capsys):
     references, _ = test_set
+    write(references / "Artist - One" / "bass.wav", np.zeros((2, 3 * RATE), dtype=np.float32))
+    write(references / "Artist - Two" / "bass.wav", np.zeros((2, 3 * RATE), dtype=np.float32))
     model = dict(dim=16, depth=1, heads=2, dim_head=8, stereo=True, num_stems=2, time_transformer_depth=1,
                  freq_transformer_depth=1, stft_hop_length=441)
     config = {"audio": {"sample_rate": RATE, "chunk_size": RATE}, "model": model,
@@ -103,3 +105,5 @@ def test_separates_and_scores_a_test_set_with_a_model(tmp_path, test_set, capsys
     report = json.loads((tmp_path / "scores.json").read_text())
     assert set(report["tracks"]) == {"Artist - One", "Artist - Two"}
     assert report["summary"]["other"]["sdr"]["tracks"] == 2
+    # a stem the model does not estimate is noted once for the test set, not once per track
+    assert capsys.readouterr().err.splitlines() == ["warning: not scored, the model does not estimate them: bass"]

@@ -41,11 +41,12 @@ def mixture_of(references: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor], sample_rate: int,
-                problems: list[str], track: str) -> dict[str, dict[str, float]]:
+                problems: list[str], track: str, report_missing: bool = True) -> dict[str, dict[str, float]]:
     """{stem: {metric: value}} for the stems present in both; NaN where a metric is undefined (silent reference).
-    Differences in length are resolved as museval does (estimates cut or zero-padded), with a note in `problems`."""
+    Differences in length are resolved as museval does (estimates cut or zero-padded), with a note in `problems`;
+    so are references without an estimate, unless not `report_missing`."""
     stems = [stem for stem in references if stem != "mixture" and stem in estimates]
-    for stem in sorted(set(references) - set(estimates) - {"mixture"}):
+    for stem in sorted(set(references) - set(estimates) - {"mixture"}) if report_missing else ():
         problems.append(f"{track}: no estimate for stem '{stem}'")
     if not stems:
         return {}
@@ -136,19 +137,24 @@ def evaluate_estimates(references_dir: Path, estimates_dir: Path, progress=True)
 def evaluate_model(separator, data_dir: Path, progress=True):
     """Separate every track of a test set with `separator` and score it; returns (results, problems)."""
     folders, problems = track_folders(data_dir), []
+    unscored = set()  # stems of the test set that the model does not estimate: one note, not one per track
 
     def pairs():
         for folder in folders:
             references, rate = read_stems(folder)
+            unscored.update(set(references) - set(separator.stems) - {"mixture"})
             yield folder.name, references, separator.separate(mixture_of(references), rate), rate
 
-    return _score_all(pairs(), len(folders), problems, progress), problems
+    results = _score_all(pairs(), len(folders), problems, progress, report_missing=False)
+    if unscored:
+        problems.append(f"not scored, the model does not estimate them: {', '.join(sorted(unscored))}")
+    return results, problems
 
 
-def _score_all(pairs, total: int, problems: list[str], progress: bool):
+def _score_all(pairs, total: int, problems: list[str], progress: bool, report_missing: bool = True):
     results = {}
     for track, references, estimates, rate in tqdm(pairs, total=total, desc="tracks", disable=not progress):
-        scores = score_track(references, estimates, rate, problems, track)
+        scores = score_track(references, estimates, rate, problems, track, report_missing)
         if scores:
             results[track] = scores
     return results
