@@ -113,9 +113,11 @@ def test_harmless_config_keys_warn_and_unknown_keys_fail():
 # ---- fast paths against plain ones ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
-def test_grouped_band_math_equals_per_band_modules(model_class, kwargs):
+@pytest.mark.parametrize("mask_estimator_depth", [1, 2, 3])
+def test_grouped_band_math_equals_per_band_modules(model_class, kwargs, mask_estimator_depth):
     """The stacked band split and mask estimators equal running each band's classic module on its own features."""
-    model = with_deterministic_weights(model_class(**kwargs, stereo=True, num_stems=2, mask_estimator_depth=2))
+    model = with_deterministic_weights(
+        model_class(**kwargs, stereo=True, num_stems=2, mask_estimator_depth=mask_estimator_depth))
     split = model.band_split
     features = torch.randn(2, 7, split.num_features)
     gathers = split.feature_indices

@@ -117,10 +117,7 @@ class _GroupedBands(nn.Module):
         self.groups = group_bands(self.band_widths)
         self.group_widths = [max(self.band_widths[band] for band in group) for group in self.groups]
         self._packer = WeightPacker()
-        # the concatenated groups hold the bands in `grouped_order`; `band_order` puts them back in band order
-        self.grouped_order = [band for group in self.groups for band in group]
-        self.register_buffer("grouped_index", torch.tensor(self.grouped_order), persistent=False)
-        self.register_buffer("band_order", self.grouped_index.argsort(), persistent=False)
+        self.grouped_order = [band for group in self.groups for band in group]  # the bands, group after group
         for g, (group, width) in enumerate(zip(self.groups, self.group_widths)):
             # padded slots read (and write to) position `num_features`, an extra zero feature
             gather = torch.full((len(group), width), num_features, dtype=torch.long)
@@ -145,6 +142,8 @@ class BandSplit(_GroupedBands):
     def __init__(self, dim: int, feature_indices: list[torch.Tensor], num_features: int):
         super().__init__(feature_indices, num_features, halves=1)
         self.dim = dim
+        # the groups' outputs come concatenated in `grouped_order`; `band_order` puts them back in band order
+        self.register_buffer("band_order", torch.tensor(self.grouped_order).argsort(), persistent=False)
         self.to_features = nn.ModuleList(
             [nn.Sequential(RMSNorm(width), nn.Linear(width, dim)) for width in self.band_widths]
         )
@@ -188,6 +187,7 @@ class MaskEstimator(_GroupedBands):
 
     def __init__(self, dim, feature_indices, num_features, num_linear, mlp_expansion_factor=4):
         super().__init__(feature_indices, num_features, halves=2)
+        self.register_buffer("grouped_index", torch.tensor(self.grouped_order), persistent=False)
         hidden = dim * mlp_expansion_factor
         self.to_freqs = nn.ModuleList()
         for width in self.band_widths:
@@ -246,8 +246,7 @@ class MaskEstimator(_GroupedBands):
         x = x.permute(2, 0, 1, 3).index_select(0, self.grouped_index).flatten(1, 2)
         for layer in range(self.num_linear - 1):
             weight, bias = self._packed_hidden(layer)
-            x = torch.baddbmm(bias.to(x.dtype), x, weight)
-            x = torch.tanh(x) if x.requires_grad else x.tanh_()
+            x = torch.baddbmm(bias.to(x.dtype), x, weight).tanh_()  # in place: tanh's backward needs only its output
         masks = []
         for g, bands in enumerate(x.split([len(group) for group in self.groups])):
             weight, bias = self._packed_output(g)

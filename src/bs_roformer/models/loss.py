@@ -9,11 +9,15 @@ class _ZeroPaddedRealFFT(torch.autograd.Function):
     spectrum and runs a complex-to-complex transform, the slowest part of a small model's training step.
 
     The gradient of a one-sided spectrum is the Hermitian sum over the bins it stands for: `irfft` with the bins
-    that have a mirror image (all but DC and, for even n, Nyquist) halved, without irfft's 1/n (norm swapped)."""
+    that have a mirror image (all but DC and, for even n, Nyquist) halved, scaled as the forward was (irfft's norm
+    "forward" undoes rfft's "backward"; "ortho" is its own inverse), and the imaginary parts of the DC and Nyquist
+    bins, which a real signal's spectrum cannot have, zeroed (cuFFT's irfft leaves them undefined)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, n: int, norm: str) -> torch.Tensor:
         # everything the backward needs goes on ctx: torch.compile (2.13) mis-traced a class attribute read there
+        if n < x.shape[-1]:
+            raise ValueError(f"n ({n}) must not be shorter than the signal ({x.shape[-1]})")
         ctx.n, ctx.length = n, x.shape[-1]
         ctx.inverse_norm = {"backward": "forward", "ortho": "ortho"}[norm]
         return torch.fft.rfft(x, n=n, norm=norm)
@@ -22,6 +26,9 @@ class _ZeroPaddedRealFFT(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad = grad.clone()
         grad[..., 1 : (ctx.n + 1) // 2] *= 0.5
+        grad[..., 0].imag.zero_()
+        if ctx.n % 2 == 0:
+            grad[..., -1].imag.zero_()
         inverse = torch.fft.irfft(grad, n=ctx.n, norm=ctx.inverse_norm)
         return inverse[..., : ctx.length], None, None
 
@@ -34,8 +41,8 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
     classic way (the same value to float32 rounding; tested):
     - the STFT is linear, so one transform of `estimate - target` replaces two;
     - only the w window samples of each frame are cut out and weighted; `rfft(n=n_fft)` zero-pads them at the end
-      where `torch.stft` pads the window on both sides, which turns every bin by the same phase for both signals and
-      leaves the modulus unchanged;
+      where `torch.stft` pads the window on both sides, which only turns each bin's phase and leaves its modulus
+      unchanged;
     - frames come from `unfold`, whose backward is an overlap-add; torch.stft's strided frames backpropagate
       through a slow `index_add_`;
     - the FFT's backward is an inverse real FFT (`_ZeroPaddedRealFFT`).
