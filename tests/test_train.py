@@ -67,6 +67,9 @@ def test_train_command_and_fine_tuning(tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "-d", "cpu", "-q"]) == 0
     assert "stopped at step 2" in capsys.readouterr().out
     assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "train"),
+                 "--out", str(tmp_path / "run"), "--resume", "-q"]) == 0  # already finished: nothing to do
+    assert "stopped at step 2" in capsys.readouterr().out
+    assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "train"),
                  "--out", str(tmp_path / "finetune"), "--init", str(tmp_path / "run" / "last.ckpt"), "-q"]) == 0
     assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "train"),
                  "--out", str(tmp_path / "nothing"), "--resume", "-q"]) == 1

@@ -218,7 +218,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     log = open(run_dir / "metrics.jsonl", "a") if main_process else None
     bar = tqdm(total=settings["num_steps"], initial=step, desc="training", disable=not (progress and main_process))
     end = settings["num_steps"] if stop_after is None else min(settings["num_steps"], step + stop_after)
-    record = {}
+    record = {"step": step}  # what a resumed run that has already finished reports
     while step < end:
         started = time.perf_counter()
         total_loss = 0.0
