@@ -80,6 +80,9 @@ def test_mono_model_given_stereo():
 def test_too_short_input():
     with pytest.raises(ValueError, match="200 samples is too short.*more than 256"):
         BSRoformer(**TINY_BS)(torch.randn(1, 200))
+    audio = torch.randn(1, 1500)  # long enough for the model's 512-point STFT, not for the loss's 4096-point one
+    with pytest.raises(ValueError, match="1500 samples is too short for the multi-resolution STFT loss.*more than 2048"):
+        BSRoformer(**TINY_BS)(audio, target=audio)
 
 
 def test_bands_must_cover_the_spectrum():

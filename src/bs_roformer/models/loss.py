@@ -65,6 +65,12 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
         return _ZeroPaddedRealFFT.apply(windowed, n_fft, "ortho" if self.normalized else "backward")
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        longest = max((max(size, self.stft_n_fft) for size in self.window_sizes), default=0)
+        if self.window_sizes and estimate.shape[-1] <= longest // 2:
+            raise ValueError(
+                f"input of {estimate.shape[-1]} samples is too short for the multi-resolution STFT loss: its largest "
+                f"transform ({longest} points, reflect-padded by {longest // 2}) needs more than {longest // 2}: "
+                "train on longer chunks, or leave the larger sizes out of multi_stft_resolutions_window_sizes")
         with torch.autocast(estimate.device.type, enabled=False):
             difference = (estimate.float() - target.float()).reshape(-1, estimate.shape[-1])
             total = difference.new_zeros(())
