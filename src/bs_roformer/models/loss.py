@@ -66,7 +66,7 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         longest = max((max(size, self.stft_n_fft) for size in self.window_sizes), default=0)
-        if self.window_sizes and estimate.shape[-1] <= longest // 2:
+        if estimate.shape[-1] <= longest // 2:
             raise ValueError(
                 f"input of {estimate.shape[-1]} samples is too short for the multi-resolution STFT loss: its largest "
                 f"transform ({longest} points, reflect-padded by {longest // 2}) needs more than {longest // 2}: "
