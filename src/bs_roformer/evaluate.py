@@ -41,12 +41,11 @@ def mixture_of(references: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor], sample_rate: int,
-                problems: list[str], track: str, report_missing: bool = True) -> dict[str, dict[str, float]]:
+                problems: list[str], track: str) -> dict[str, dict[str, float]]:
     """{stem: {metric: value}} for the stems present in both; NaN where a metric is undefined (silent reference).
-    Differences in length are resolved as museval does (estimates cut or zero-padded), with a note in `problems`;
-    so are references without an estimate, unless not `report_missing`."""
+    Differences in length are resolved as museval does (estimates cut or zero-padded), with a note in `problems`."""
     stems = [stem for stem in references if stem != "mixture" and stem in estimates]
-    for stem in sorted(set(references) - set(estimates) - {"mixture"}) if report_missing else ():
+    for stem in sorted(set(references) - set(estimates) - {"mixture"}):
         problems.append(f"{track}: no estimate for stem '{stem}'")
     if not stems:
         return {}
@@ -143,18 +142,19 @@ def evaluate_model(separator, data_dir: Path, progress=True):
         for folder in folders:
             references, rate = read_stems(folder)
             unscored.update(set(references) - set(separator.stems) - {"mixture"})
-            yield folder.name, references, separator.separate(mixture_of(references), rate), rate
+            estimates = separator.separate(mixture_of(references), rate)
+            yield folder.name, {stem: references[stem] for stem in estimates if stem in references}, estimates, rate
 
-    results = _score_all(pairs(), len(folders), problems, progress, report_missing=False)
+    results = _score_all(pairs(), len(folders), problems, progress)
     if unscored:
         problems.append(f"not scored, the model does not estimate them: {', '.join(sorted(unscored))}")
     return results, problems
 
 
-def _score_all(pairs, total: int, problems: list[str], progress: bool, report_missing: bool = True):
+def _score_all(pairs, total: int, problems: list[str], progress: bool):
     results = {}
     for track, references, estimates, rate in tqdm(pairs, total=total, desc="tracks", disable=not progress):
-        scores = score_track(references, estimates, rate, problems, track, report_missing)
+        scores = score_track(references, estimates, rate, problems, track)
         if scores:
             results[track] = scores
     return results
