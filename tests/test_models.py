@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bs_roformer import BSRoformer, MelBandRoformer
+from bs_roformer.models import attention
 from bs_roformer.models.attention import RotaryEmbedding
 from bs_roformer.models.loss import MultiResolutionSTFTLoss
 from conftest import with_deterministic_weights
@@ -146,6 +147,35 @@ def test_flash_attention_equals_plain_attention():
         assert (fast(audio) - plain(audio)).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
+@pytest.mark.parametrize("value_residual", [False, True])
+@pytest.mark.parametrize("block_tokens", [1, 40, 4096])  # one sequence per block, a few, all in one block
+def test_inference_in_blocks_equals_whole_tensor_forward(model_class, kwargs, value_residual, block_tokens, monkeypatch):
+    monkeypatch.setattr(attention, "BLOCK_TOKENS", block_tokens)
+    model = with_deterministic_weights(
+        model_class(**kwargs, stereo=True, add_value_residual=value_residual, linear_transformer_depth=1)
+    ).eval()
+    if value_residual:  # open the value-residual gates, which start nearly closed
+        for name, parameter in model.named_parameters():
+            if "to_value_residual_mix" in name:
+                parameter.data.normal_()
+    audio = torch.randn(2, 2, 6000) * 0.3
+    calls = []
+    monkeypatch.setattr(attention.Transformer, "_forward_in_blocks",
+                        lambda self, *a, _f=attention.Transformer._forward_in_blocks: calls.append(1) or _f(self, *a))
+    whole = model(audio)  # with autograd: the whole-tensor forward
+    assert not calls
+    with torch.no_grad():
+        blocked = model(audio)
+        assert calls  # the softmax transformers ran in blocks
+        assert (blocked - whole).abs().max() < 1e-5 * whole.abs().max()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            blocked_bf16 = model(audio)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole_bf16 = model(audio)
+    assert snr_db(blocked_bf16, whole_bf16.detach()) > 35
+
+
 @pytest.mark.parametrize("normalized, n_fft", [(False, 2048), (True, 2048), (False, 1023)])
 def test_multi_resolution_loss_equals_two_torch_stfts_per_resolution(normalized, n_fft):
     """The loss transforms `estimate - target` once per resolution, with frames cut to the window: same value and
@@ -234,7 +264,7 @@ def test_rotary_angles_are_exact_for_long_sequences_under_bf16():
     rotary = RotaryEmbedding(16)
     frames = 801
     queries = torch.randn(1, frames, 2, 16).bfloat16()  # (batch, seq, heads, dim_head)
-    rotated = rotary.rotate(queries)
+    rotated = rotary.rotate(queries.clone())  # rotated in place without autograd
     angles = torch.arange(frames, dtype=torch.float64)[:, None, None] * rotary.freqs.double()
     pairs = queries.double()[0].unflatten(-1, (-1, 2))  # (seq, heads, pairs, 2)
     expected_real = pairs[..., 0] * angles.cos() - pairs[..., 1] * angles.sin()

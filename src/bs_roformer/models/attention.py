@@ -61,16 +61,25 @@ class RotaryEmbedding(nn.Module):
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate queries or keys (batch, seq, heads, dim_head), computed in float32, returned in x's dtype.
 
-        Without autograd a float32 `x` is rotated in place (callers pass a fresh projection): one pass over memory,
-        no temporary. With autograd the product is out of place, whose backward is one multiply (the in-place
-        version's backward copies and zero-fills the views, ~10x slower)."""
-        table = self.rotation(x.shape[1], x.device)[:, None]
-        rotated = x.float()
-        pairs = torch.view_as_complex(rotated.unflatten(-1, (-1, 2)))
+        With autograd the product is out of place, whose backward is one multiply (an in-place product's backward
+        copies and zero-fills the views, ~10x slower). Without, `x` (a fresh projection) is rotated in place."""
         if torch.is_grad_enabled() and x.requires_grad:
+            table = self.rotation(x.shape[1], x.device)[:, None]
+            pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
             return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
-        pairs.mul_(table)
-        return rotated.to(x.dtype)
+        return self.rotate_(x)
+
+    def rotate_(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate (batch, seq, heads, dim_head) without autograd into `out` (any strides; default x itself): float32
+        in one pass, other dtypes through a float32 copy."""
+        out = x if out is None else out
+        table = self.rotation(x.shape[1], x.device)[:, None]
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        if out.dtype == torch.float32:
+            torch.mul(pairs, table, out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
+        else:
+            out.copy_(torch.view_as_real(pairs.mul_(table)).flatten(-2))
+        return out
 
 
 class Attention(nn.Module):
@@ -96,30 +105,52 @@ class Attention(nn.Module):
         x = self.norm(x)
         if torch.is_autocast_enabled(x.device.type):  # cast once, not in each of the four products below
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        # q, k, v from three products on row blocks of `to_qkv`, one at a time to keep few large tensors alive:
-        # each comes out (batch, seq, heads, dim_head) contiguous, which needs no copy to become the
-        # (batch, heads, seq, dim_head) view attention takes (the CPU flash kernel runs as fast on it)
+        # q, k, v from three products on row blocks of `to_qkv`, one at a time to keep few large tensors alive
         q_weight, k_weight, v_weight = self.to_qkv.weight.chunk(3)
         q = self.rotary_embed.rotate(F.linear(x, q_weight).view(batch, seq, self.heads, self.dim_head))
         k = self.rotary_embed.rotate(F.linear(x, k_weight).view(batch, seq, self.heads, self.dim_head))
         v = F.linear(x, v_weight).view(batch, seq, self.heads, self.dim_head)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.to_value_residual_mix is not None and first_values is not None:
-            mix = torch.sigmoid(self.to_value_residual_mix(x)).transpose(1, 2).unsqueeze(-1)
-            v = v + mix * (first_values - v)
+            v = v + self._value_mix(x) * (first_values.transpose(1, 2) - v)
+        v = v.transpose(1, 2)
+        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v)
+        del q, k
+        return self.gated_output(out, torch.sigmoid(self.to_gates(x)).unsqueeze(-1)), v
 
+    def project_(self, x: torch.Tensor, q, k, v, gates, first_values=None):
+        """Inference on a block of sequences x: write its rotated queries and keys and its values into the
+        (batch, heads, seq, dim_head) buffers q, k, v, and its gates into (batch, seq, heads, 1) `gates`; the
+        buffers' dtype is the one to compute in. Each projection is made in a block-sized (cached) temporary, and
+        its rotation or copy turns it into the layout on which the CPU flash kernel runs fastest (15% faster on
+        801 frames than on the transposed views that `forward` passes)."""
+        x = self.norm(x).to(q.dtype)
+        batch, seq, dim = x.shape
+        rows = x.view(-1, dim)
+        q_weight, k_weight, v_weight = self.to_qkv.weight.to(q.dtype).chunk(3)
+        for buffer, weight in ((q, q_weight), (k, k_weight)):
+            projected = torch.mm(rows, weight.t()).view(batch, seq, self.heads, -1)
+            self.rotary_embed.rotate_(projected, out=buffer.transpose(1, 2))
+        v.transpose(1, 2).copy_(torch.mm(rows, v_weight.t()).view(batch, seq, self.heads, -1))
+        if self.to_value_residual_mix is not None and first_values is not None:
+            v.add_(self._value_mix(x).transpose(1, 2) * (first_values - v))
+        gates.copy_(torch.sigmoid(self.to_gates(x)).unsqueeze(-1))
+
+    def _value_mix(self, x):
+        return torch.sigmoid(self.to_value_residual_mix(x)).unsqueeze(-1)
+
+    def attend(self, q, k, v):
+        """Softmax attention over (batch, heads, seq, dim_head)."""
         dropout = self.dropout if self.training else 0.0
         if self.flash:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:
-            weights = torch.softmax((q @ k.transpose(-1, -2)) * self.dim_head**-0.5, dim=-1)
-            out = F.dropout(weights, dropout, self.training) @ v
-        del q, k
-        # gate in (batch, seq, heads, dim_head) order: the CPU flash kernel returns that memory layout
-        gates = torch.sigmoid(self.to_gates(x)).unsqueeze(-1)
-        out = out.transpose(1, 2)
-        out = (out * gates if out.requires_grad else out.mul_(gates)).reshape(batch, seq, self.heads * self.dim_head)
-        return self.to_out(out), v
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * self.dim_head**-0.5, dim=-1)
+        return F.dropout(weights, dropout, self.training) @ v
+
+    def gated_output(self, out, gates):
+        """The output projection of the heads `out` (batch, heads, seq, dim_head) gated by `gates` (batch, seq,
+        heads, 1). The product comes out in the gates' memory layout, rows of (heads, dim_head) as the projection
+        takes them, whatever the layout of `out`."""
+        return self.to_out((gates * out.transpose(1, 2)).flatten(-2))
 
 
 class LinearAttention(nn.Module):
@@ -160,6 +191,12 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+# Tokens per block in CPU inference (`Transformer._forward_in_blocks`): 4096 tokens of 512 heads x dim_head features
+# in float32 are 8 MB. 2048 to 8192 run within 3% of each other; 1024 (one 801-frame sequence a block) is 15% slower
+# in bf16, 16384 5% slower.
+BLOCK_TOKENS = 4096
+
+
 class Transformer(nn.Module):
     """`depth` pre-norm residual (attention, feed-forward) pairs over sequences (batch, seq, dim).
 
@@ -176,6 +213,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
         self.value_residual = value_residual
+        self.in_blocks = not linear_attn
         layers = []
         for index in range(depth):
             if linear_attn:
@@ -198,7 +236,37 @@ class Transformer(nn.Module):
             x = x + feed_forward(x)
         return (self.norm(x) if self.norm is not None else x), first_values
 
+    def _forward_in_blocks(self, x, first_values):
+        """Inference on CPU, the same computation as `_forward`: everything but attention itself runs on blocks of
+        whole sequences of about BLOCK_TOKENS tokens, whose (tokens, heads * dim_head) intermediates stay in cache
+        (whole-tensor passes over them are memory-bound here), and the projections write q, k and v straight into
+        the layout attention runs fastest on. BS and Mel at dim 128 on 8 s: 8-10% faster than `_forward` in
+        float32, 19-20% in bf16."""
+        batch, seq, dim = x.shape
+        step = max(1, BLOCK_TOKENS // seq)
+        blocks = [slice(start, start + step) for start in range(0, batch, step)]
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        x = x.clone(memory_format=torch.contiguous_format)  # updated in place below
+        for attention, feed_forward in self.layers:
+            q, k, v = (x.new_empty(batch, attention.heads, seq, attention.dim_head, dtype=dtype) for _ in range(3))
+            gates = x.new_empty(batch, seq, attention.heads, 1, dtype=dtype)
+            for block in blocks:
+                attention.project_(x[block], q[block], k[block], v[block], gates[block],
+                                   None if first_values is None else first_values[block])
+            out = attention.attend(q, k, v)
+            del q, k
+            for block in blocks:
+                x_block = x[block]
+                x_block += attention.gated_output(out[block], gates[block])
+                x_block += feed_forward(x_block)
+            if first_values is None and self.value_residual:
+                first_values = v
+        return (self.norm(x) if self.norm is not None else x), first_values
+
     def forward(self, x, first_values=None):
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(self._forward, x, first_values, use_reentrant=False)
+        if self.in_blocks and not torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            return self._forward_in_blocks(x, first_values)
         return self._forward(x, first_values)
