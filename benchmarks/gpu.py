@@ -82,7 +82,7 @@ def benchmark(name: str, reference_package, args):
                 measured = f"fails: {str(error).split(',')[0]} | | {ours_mb:.0f} | |"
             print(f"| {name} | {task} | {ours_seconds * 1000:.0f} | {measured}", flush=True)
     if args.compile:
-        model._transform = torch.compile(model._transform)
+        model.compile_transformer_stack()
         for precision in ("bf16", "fp16"):
             seconds = cuda_seconds(lambda: inference(model.eval(), audio, DTYPES[precision]), args.repeats)
             print(f"| {name} | inference {precision}, ours compiled | {seconds * 1000:.0f} | | | | |", flush=True)

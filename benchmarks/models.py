@@ -2,6 +2,7 @@
 
     python benchmarks/models.py                 # BS and Mel, dim 128, depth 6, 8 s stereo, 3 repeats
     python benchmarks/models.py --quick         # dim 64, depth 2, 4 s, 1 repeat (a smoke run)
+    python benchmarks/models.py --compile       # adds training steps of our model under torch.compile
 
 Needs the reference package in its own directory (see benchmarks/reference.py). Both run in one process per model,
 alternating, with the weights of the reference loaded into ours (ours with zero_dc=False, the classic computation).
@@ -117,13 +118,18 @@ def benchmark(model_name: str, args) -> list[str]:
         "train step fp32": lambda m: run_training_step(m.train(), train_audio, target, bf16=False),
         "train step bf16": lambda m: run_training_step(m.train(), train_audio, target, bf16=True),
     }
+    runs = [(task, fn, model) for task, fn in tasks.items()]
+    if args.compile:  # as the training loop's `compile: true` does; the reference side stays eager
+        compiled = build("ours", model_name, config["model"], args.reference).compile_transformer_stack()
+        compiled.load_state_dict(model.state_dict())
+        runs += [(f"{task}, ours compiled", fn, compiled) for task, fn in tasks.items() if task.startswith("train")]
     times = {}
-    for task, fn in tasks.items():
-        for side in (model, reference):  # warm-up: allocator pools, rotary caches, packed weights
+    for task, fn, ours_model in runs:
+        for side in (ours_model, reference):  # warm-up: allocator pools, rotary caches, packed weights, compilation
             fn(side)
         samples = {"ours": [], "reference": []}
         for _ in range(args.repeats):  # alternate the two sides so drifts in machine speed hit both
-            samples["ours"].append(timed(lambda: fn(model)))
+            samples["ours"].append(timed(lambda: fn(ours_model)))
             samples["reference"].append(timed(lambda: fn(reference)))
         times[task] = {side: statistics.median(values) for side, values in samples.items()}
         print(f"  {model_name} {task}: ours {times[task]['ours']:.2f} s, reference {times[task]['reference']:.2f} s",
@@ -171,6 +177,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count()))
     parser.add_argument("--quick", action="store_true", help="small model, short audio, one repeat")
+    parser.add_argument("--compile", action="store_true", help="add training steps of our model under torch.compile")
     parser.add_argument("--size", default="default", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)
@@ -194,6 +201,7 @@ def main():
         for model_name in models:
             command = [sys.executable, __file__, "--models", model_name, "--size", args.size,
                        "--repeats", str(args.repeats), "--threads", str(args.threads), "--reference", args.reference]
+            command += ["--compile"] if args.compile else []
             lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
             print("\n".join(line for line in lines if line.startswith("|")), flush=True)
             notes += [line for line in lines if line and not line.startswith("|")]

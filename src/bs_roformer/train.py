@@ -5,7 +5,7 @@ Keys read from `training:` (MSST names where they exist): `instruments`, `target
 `num_steps` (optimizer steps in the run), `warmup_steps`, `weight_decay`, `seed`, `validate_every`, `num_workers`.
 From `audio:`: `chunk_size`, `sample_rate`, `min_mean_abs`. From `augmentations:`: `gain_db`, `channel_swap`,
 `polarity` (see data/musdb.py). `model: use_torch_checkpoint: true` turns on gradient checkpointing; `training:
-compile: true` runs the model through `torch.compile` (or name a backend: `compile: aot_eager`).
+compile: true` runs the transformer stack through `torch.compile` (inductor; or name a backend: `compile: aot_eager`).
 
 Many GPUs or nodes: `torchrun --nproc_per_node K -m bs_roformer train ...` (PyTorch DDP: NCCL on GPUs, gloo on the
 CPU). Each optimizer step reads `batch_size x gradient_accumulation_steps` items on every rank, different ones; rank 0
@@ -19,7 +19,6 @@ as plain models too (`checkpoint.load_state_dict` picks the EMA weights, under `
 
 import json
 import math
-from copy import deepcopy
 import os
 import time
 from contextlib import nullcontext
@@ -161,7 +160,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if settings["compile"]:  # true: inductor; a string names another torch.compile backend
         backend = settings["compile"] if isinstance(settings["compile"], str) else "inductor"
-        network = torch.compile(network, backend=backend)
+        model.compile_transformer_stack(backend=backend)
     instruments = list((config.get("training") or {}).get("instruments") or stem_names(config))
     targets = [instruments.index(name) for name in stem_names(config)]
 
@@ -248,7 +247,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
         if not main_process:
             continue
         if valid_dir and settings["validate_every"] and (step % settings["validate_every"] == 0 or step == end):
-            record["valid_sdr"] = validate(_weights_for_validation(model, ema), config, Path(valid_dir), device)
+            record["valid_sdr"] = validate(_weights_for_validation(model, ema, config), config, Path(valid_dir), device)
             mean_sdr = float(np.mean(list(record["valid_sdr"].values()))) if record["valid_sdr"] else -math.inf
             if mean_sdr > best:
                 best = mean_sdr
@@ -267,9 +266,11 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     return record
 
 
-def _weights_for_validation(model, ema):
-    """A copy of the model holding the EMA weights (or the current ones), for validation."""
-    copy = deepcopy(model)
+def _weights_for_validation(model, ema, config):
+    """A new model holding the EMA weights (or the current ones), for validation. Built, not deep-copied: a compiled
+    transformer stack is bound to the model it was compiled for."""
+    copy = build_model(config, model_type_of(config)).to(next(model.parameters()).device)
+    copy.load_state_dict(model.state_dict())
     if ema is not None:
         with torch.no_grad():
             for target, average in zip(copy.parameters(), ema):

@@ -163,6 +163,15 @@ class Roformer(nn.Module):
                 block_outputs.append(x)
         return x
 
+    def compile_transformer_stack(self, **options):
+        """Run the axial transformer stack, where the time goes, through `torch.compile(fullgraph=True, **options)`;
+        the rest stays eager (inductor has no kernels for the STFTs' complex tensors, and the loss keeps its own
+        FFT backward). Compiling the whole model for training fails in inductor 2.13: its memory planner recurses
+        past Python's limit on the backward graph. The compiled function is bound to this instance: build a new
+        model rather than `deepcopy` this one."""
+        self._transform = torch.compile(self._transform, fullgraph=True, **options)
+        return self
+
     def forward(self, raw_audio: torch.Tensor, target: torch.Tensor | None = None, return_loss_breakdown=False):
         """raw_audio (b, t) or (b, s, t) -> stems (b, s, t) for one stem, (b, n, s, t) for several.
 
