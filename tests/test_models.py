@@ -150,10 +150,12 @@ def test_flash_attention_equals_plain_attention():
 @pytest.mark.parametrize("model_class, kwargs", [(BSRoformer, TINY_BS), (MelBandRoformer, TINY_MEL)])
 @pytest.mark.parametrize("value_residual", [False, True])
 @pytest.mark.parametrize("block_tokens", [1, 40, 4096])  # one sequence per block, a few, all in one block
-def test_inference_in_blocks_equals_whole_tensor_forward(model_class, kwargs, value_residual, block_tokens, monkeypatch):
+@pytest.mark.parametrize("heads", [dict(), dict(heads=3, dim_head=8, flash_attn=False)])  # heads x dim_head != dim
+def test_inference_in_blocks_equals_whole_tensor_forward(model_class, kwargs, value_residual, block_tokens, heads,
+                                                          monkeypatch):
     monkeypatch.setattr(attention, "BLOCK_TOKENS", block_tokens)
     model = with_deterministic_weights(
-        model_class(**kwargs, stereo=True, add_value_residual=value_residual, linear_transformer_depth=1)
+        model_class(**dict(kwargs, **heads), stereo=True, add_value_residual=value_residual, linear_transformer_depth=1)
     ).eval()
     if value_residual:  # open the value-residual gates, which start nearly closed
         for name, parameter in model.named_parameters():

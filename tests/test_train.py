@@ -24,11 +24,13 @@ CONFIG = {
 }
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
+@pytest.mark.parametrize("stop_after", [3, 4])  # a validation step, and one the uninterrupted run does not validate
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, stop_after):
     write_dataset(tmp_path / "train", tracks=2, seconds=1.0, seed=1)
     write_dataset(tmp_path / "valid", tracks=1, seconds=2.0, seed=2)
     straight = train(CONFIG, tmp_path / "train", tmp_path / "a", valid_dir=tmp_path / "valid", progress=False)
-    train(CONFIG, tmp_path / "train", tmp_path / "b", valid_dir=tmp_path / "valid", stop_after=3, progress=False)
+    train(CONFIG, tmp_path / "train", tmp_path / "b", valid_dir=tmp_path / "valid", stop_after=stop_after,
+          progress=False)
     resumed = train(CONFIG, tmp_path / "train", tmp_path / "b", valid_dir=tmp_path / "valid", resume=True,
                     progress=False)
     assert straight["step"] == resumed["step"] == 6

@@ -156,6 +156,9 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     model = build_model(config, model_type_of(config)).to(device).train()
     if init_checkpoint:  # fine-tuning a published model
         model.load_state_dict(load_state_dict(init_checkpoint), strict=True)
+    # validation runs on a second, never compiled model that receives the weights to validate; built here, before
+    # the reseed below, so that building it draws no random numbers in the middle of a run (a resumed run would drift)
+    validation_model = build_model(config, model_type_of(config)).to(device) if main_process and valid_dir else None
     torch.manual_seed(settings["seed"] + rank)  # the same init everywhere, other dropout masks on each rank
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if settings["compile"]:  # true: inductor; a string names another torch.compile backend
@@ -247,7 +250,8 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
         if not main_process:
             continue
         if valid_dir and settings["validate_every"] and (step % settings["validate_every"] == 0 or step == end):
-            record["valid_sdr"] = validate(_weights_for_validation(model, ema, config), config, Path(valid_dir), device)
+            record["valid_sdr"] = validate(_load_validation_weights(validation_model, model, ema), config,
+                                           Path(valid_dir), device)
             mean_sdr = float(np.mean(list(record["valid_sdr"].values()))) if record["valid_sdr"] else -math.inf
             if mean_sdr > best:
                 best = mean_sdr
@@ -266,13 +270,12 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     return record
 
 
-def _weights_for_validation(model, ema, config):
-    """A new model holding the EMA weights (or the current ones), for validation. Built, not deep-copied: a compiled
-    transformer stack is bound to the model it was compiled for."""
-    copy = build_model(config, model_type_of(config)).to(next(model.parameters()).device)
-    copy.load_state_dict(model.state_dict())
+def _load_validation_weights(validation_model, model, ema):
+    """Put the EMA weights (or the current ones) into the validation model. A separate model, not a deep copy: a
+    compiled transformer stack is bound to the model it was compiled for."""
+    validation_model.load_state_dict(model.state_dict())
     if ema is not None:
         with torch.no_grad():
-            for target, average in zip(copy.parameters(), ema):
+            for target, average in zip(validation_model.parameters(), ema):
                 target.copy_(average)
-    return copy.eval()
+    return validation_model.eval()
