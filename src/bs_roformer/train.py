@@ -158,7 +158,8 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
         model.load_state_dict(load_state_dict(init_checkpoint), strict=True)
     # validation runs on a second, never compiled model that receives the weights to validate; built here, before
     # the reseed below, so that building it draws no random numbers in the middle of a run (a resumed run would drift)
-    validation_model = build_model(config, model_type_of(config)).to(device) if main_process and valid_dir else None
+    validates = main_process and valid_dir and settings["validate_every"]
+    validation_model = build_model(config, model_type_of(config)).to(device) if validates else None
     torch.manual_seed(settings["seed"] + rank)  # the same init everywhere, other dropout masks on each rank
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if settings["compile"]:  # true: inductor; a string names another torch.compile backend
@@ -249,7 +250,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
                   "seconds": time.perf_counter() - started}
         if not main_process:
             continue
-        if valid_dir and settings["validate_every"] and (step % settings["validate_every"] == 0 or step == end):
+        if validates and (step % settings["validate_every"] == 0 or step == end):
             record["valid_sdr"] = validate(_load_validation_weights(validation_model, model, ema), config,
                                            Path(valid_dir), device)
             mean_sdr = float(np.mean(list(record["valid_sdr"].values()))) if record["valid_sdr"] else -math.inf
