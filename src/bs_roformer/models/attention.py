@@ -5,6 +5,7 @@ Module and parameter names follow the classic checkpoint layout (see the README'
 """
 
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -58,16 +59,17 @@ class RotaryEmbedding(nn.Module):
         angles = positions[:, None] * self.freqs.detach().to(device=device, dtype=torch.float32)[None, :]
         return torch.polar(torch.ones_like(angles), angles)
 
-    def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate queries or keys (batch, seq, heads, dim_head), computed in float32, returned in x's dtype.
+    def rotate(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rotate queries or keys (batch, seq, heads, dim_head), computed in float32, returned in `dtype` (default
+        x's dtype).
 
         With autograd the product is out of place, whose backward is one multiply (an in-place product's backward
         copies and zero-fills the views, ~10x slower). Without, `x` (a fresh projection) is rotated in place."""
         if torch.is_grad_enabled() and x.requires_grad:
             table = self.rotation(x.shape[1], x.device)[:, None]
             pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-            return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
-        return self.rotate_(x)
+            return torch.view_as_real(pairs * table).flatten(-2).to(dtype or x.dtype)
+        return self.rotate_(x).to(dtype or x.dtype)
 
     def rotate_(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate (batch, seq, heads, dim_head) without autograd into `out` (any strides; default x itself): float32
@@ -105,15 +107,20 @@ class Attention(nn.Module):
         x = self.norm(x)
         if torch.is_autocast_enabled(x.device.type):  # cast once, not in each of the four products below
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        # Training on the CPU attends in float32 under bf16 autocast: torch's CPU flash-attention backward runs
+        # 2.3x slower in bf16 than in float32, and bf16 steps of BS/Mel dim 128 on 2 s run 15-18% faster so.
+        cpu_training = x.device.type == "cpu" and torch.is_grad_enabled()
+        dtype = torch.float32 if cpu_training and x.dtype == torch.bfloat16 else x.dtype
         # q, k, v from three products on row blocks of `to_qkv`, one at a time to keep few large tensors alive
         q_weight, k_weight, v_weight = self.to_qkv.weight.chunk(3)
-        q = self.rotary_embed.rotate(F.linear(x, q_weight).view(batch, seq, self.heads, self.dim_head))
-        k = self.rotary_embed.rotate(F.linear(x, k_weight).view(batch, seq, self.heads, self.dim_head))
-        v = F.linear(x, v_weight).view(batch, seq, self.heads, self.dim_head)
+        q = self.rotary_embed.rotate(F.linear(x, q_weight).view(batch, seq, self.heads, self.dim_head), dtype)
+        k = self.rotary_embed.rotate(F.linear(x, k_weight).view(batch, seq, self.heads, self.dim_head), dtype)
+        v = F.linear(x, v_weight).view(batch, seq, self.heads, self.dim_head).to(dtype)
         if self.to_value_residual_mix is not None and first_values is not None:
             v = v + self._value_mix(x) * (first_values.transpose(1, 2) - v)
         v = v.transpose(1, 2)
-        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v)
+        with torch.autocast("cpu", enabled=False) if dtype != x.dtype else nullcontext():  # else it casts back
+            out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v)
         del q, k
         return self.gated_output(out, torch.sigmoid(self.to_gates(x)).unsqueeze(-1)), v
 
@@ -138,13 +145,16 @@ class Attention(nn.Module):
     def _value_mix(self, x):
         return torch.sigmoid(self.to_value_residual_mix(x)).unsqueeze(-1)
 
-    def attend(self, q, k, v):
-        """Softmax attention over (batch, heads, seq, dim_head)."""
+    def attend(self, q, k, v, mask=None):
+        """Softmax attention over (batch, heads, seq, dim_head); `mask` (seq, seq), if given, is True where a query
+        may attend to a key."""
         dropout = self.dropout if self.training else 0.0
         if self.flash:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        weights = torch.softmax((q @ k.transpose(-1, -2)) * self.dim_head**-0.5, dim=-1)
-        return F.dropout(weights, dropout, self.training) @ v
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        scores = (q @ k.transpose(-1, -2)) * self.dim_head**-0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return F.dropout(torch.softmax(scores, dim=-1), dropout, self.training) @ v
 
     def gated_output(self, out, gates):
         """The output projection of the heads `out` (batch, heads, seq, dim_head) gated by `gates` (batch, seq,
@@ -195,6 +205,11 @@ class FeedForward(nn.Module):
 # in float32 are 8 MB. 2048 to 8192 run within 3% of each other; 1024 (one 801-frame sequence a block) is 15% slower
 # in bf16, 16384 5% slower.
 BLOCK_TOKENS = 4096
+
+# CPU inference pads sequences of these lengths to 64 tokens, the padding keys masked out: the CPU flash kernel runs
+# 56 to 63 tokens (the band axis of the published models has 60 or 62) far slower than 64. Measured at 62 tokens:
+# 0.57x the time in bf16, 0.8x in fp32. Elsewhere padding gains little or loses (33 and 65 tokens: 1.3-1.6x slower).
+PADDED_TO_64 = range(56, 64)
 
 
 class Transformer(nn.Module):
@@ -247,15 +262,20 @@ class Transformer(nn.Module):
         blocks = [slice(start, start + step) for start in range(0, batch, step)]
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        padded = 64 if seq in PADDED_TO_64 else seq
+        mask = (torch.arange(padded, device=x.device) < seq).expand(padded, padded) if padded > seq else None
         x = x.clone(memory_format=torch.contiguous_format)  # updated in place below
         for attention, feed_forward in self.layers:
-            q, k, v = (x.new_empty(batch, attention.heads, seq, attention.dim_head, dtype=dtype) for _ in range(3))
+            buffers = [x.new_empty(batch, attention.heads, padded, attention.dim_head, dtype=dtype) for _ in range(3)]
+            for buffer in buffers:  # the padding must be finite: masked scores of NaN keys would still be NaN
+                buffer[:, :, seq:].zero_()
+            q, k, v = (buffer[:, :, :seq] for buffer in buffers)
             gates = x.new_empty(batch, seq, attention.heads, 1, dtype=dtype)
             for block in blocks:
                 attention.project_(x[block], q[block], k[block], v[block], gates[block],
                                    None if first_values is None else first_values[block])
-            out = attention.attend(q, k, v)
-            del q, k
+            out = attention.attend(*buffers, mask)[:, :, :seq]
+            del q, k, buffers
             for block in blocks:
                 x_block = x[block]
                 x_block += attention.gated_output(out[block], gates[block])
