@@ -314,14 +314,15 @@ def test_bf16_autocast_training_step(monkeypatch):
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda q, k, v, **kwargs: attention_dtypes.append(q.dtype) or sdpa(q, k, v, **kwargs))
+    parameters = [p for p in model.parameters() if p.requires_grad]
     reference = model(audio, target=target)
-    reference_grads = torch.autograd.grad(reference, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    reference_grads = torch.autograd.grad(reference, parameters, allow_unused=True)
     attention_dtypes.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(audio, target=target)
     assert attention_dtypes and set(attention_dtypes) == {torch.float32}
     assert loss.dtype == torch.float32 and abs(loss.item() - reference.item()) < 0.01 * reference.item()
-    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
     pairs = [(g, r) for g, r in zip(grads, reference_grads) if r is not None]
     assert snr_db(torch.cat([g.flatten() for g, _ in pairs]), torch.cat([r.flatten() for _, r in pairs])) > 20
     attention_dtypes.clear()
