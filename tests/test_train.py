@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+import bs_roformer.train as train_module
 from bs_roformer.config import load_model
 from bs_roformer.data.synth import write_dataset
 from bs_roformer.train import learning_rate_factor, train
@@ -48,6 +49,29 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, stop_after):
     model, _ = load_model(CONFIG, tmp_path / "b" / "best.ckpt")  # EMA weights, as a plain model
     assert model.training is False
     assert (tmp_path / "b" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_that_crashed_resumes_from_its_last_periodic_checkpoint(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "train", tracks=2, seconds=1.0, seed=1)
+    config = dict(CONFIG, training=dict(CONFIG["training"], validate_every=0, checkpoint_every=2))
+    straight = train(config, tmp_path / "train", tmp_path / "a", progress=False)
+
+    def crash_in_step_5(step, warmup, total):  # the scheduler asks for step 5's rate at the end of step 5
+        if step == 5:
+            raise RuntimeError("killed")
+        return learning_rate_factor(step, warmup, total)
+
+    monkeypatch.setattr(train_module, "learning_rate_factor", crash_in_step_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(config, tmp_path / "train", tmp_path / "b", progress=False)
+    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["step"] == 4
+    monkeypatch.undo()
+    resumed = train(config, tmp_path / "train", tmp_path / "b", resume=True, progress=False)
+    assert resumed["step"] == 6 and resumed["loss"] == straight["loss"]
+    a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

@@ -2,7 +2,8 @@
 
 Keys read from `training:` (MSST names where they exist): `instruments`, `target_instrument`, `batch_size`,
 `gradient_accumulation_steps`, `lr`, `grad_clip` (0 = off), `ema_momentum` (0 = no EMA), `use_amp`, plus
-`num_steps` (optimizer steps in the run), `warmup_steps`, `weight_decay`, `seed`, `validate_every`, `num_workers`.
+`num_steps` (optimizer steps in the run), `warmup_steps`, `weight_decay`, `seed`, `validate_every`, `num_workers`,
+`checkpoint_every` (steps between writes of `last.ckpt`, default 500; 0 = only at the end).
 From `audio:`: `chunk_size`, `sample_rate`, `min_mean_abs`. From `augmentations:`: `gain_db`, `channel_swap`,
 `polarity` (see data/musdb.py). `model: use_torch_checkpoint: true` turns on gradient checkpointing; `training:
 compile: true` runs the transformer stack through `torch.compile` (inductor; or name a backend: `compile: aot_eager`).
@@ -11,9 +12,10 @@ Many GPUs or nodes: `torchrun --nproc_per_node K -m bs_roformer train ...` (PyTo
 CPU). Each optimizer step reads `batch_size x gradient_accumulation_steps` items on every rank, different ones; rank 0
 logs, validates and writes checkpoints.
 
-Checkpoints (`last.ckpt`, and `best.ckpt` by validation SDR) are written atomically and hold the model, the EMA
-weights, optimizer, scheduler, gradient scaler, step and random states, so `--resume` continues exactly where the
-run stopped: a resumed run ends with the weights an uninterrupted one ends with. `best.ckpt` and `last.ckpt` load
+Checkpoints (`last.ckpt` every `checkpoint_every` steps and at the end, and `best.ckpt` by validation SDR) are
+written atomically and hold the model, the EMA weights, optimizer, scheduler, gradient scaler, step and random states,
+so `--resume` continues exactly where the run stopped or from the last checkpoint before a crash: a resumed run ends
+with the weights an uninterrupted one ends with. `best.ckpt` and `last.ckpt` load
 as plain models too (`checkpoint.load_state_dict` picks the EMA weights, under `state_dict`).
 """
 
@@ -48,6 +50,7 @@ def settings_of(config: dict) -> dict:
         seed=int(training.get("seed", 0)),
         validate_every=int(training.get("validate_every", 0)),
         num_workers=int(training.get("num_workers", 0)),
+        checkpoint_every=int(training.get("checkpoint_every", 500)),
         compile=training.get("compile", False),
         chunk=int(audio.get("chunk_size", 131584)),
         sample_rate=int(audio.get("sample_rate", 44100)),
@@ -257,6 +260,8 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
             if mean_sdr > best:
                 best = mean_sdr
                 save_atomically(checkpoint_state(), run_dir / "best.ckpt")
+        if settings["checkpoint_every"] and step % settings["checkpoint_every"] == 0 and step < end:
+            save_atomically(checkpoint_state(), last)  # a crash loses at most checkpoint_every steps
         log.write(json.dumps(record) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{total_loss:.4f}")
