@@ -15,8 +15,8 @@ logs, validates and writes checkpoints.
 Checkpoints (`last.ckpt` every `checkpoint_every` steps and at the end, and `best.ckpt` by validation SDR) are
 written atomically and hold the model, the EMA weights, optimizer, scheduler, gradient scaler, step and random states,
 so `--resume` continues exactly where the run stopped or from the last checkpoint before a crash: a resumed run ends
-with the weights an uninterrupted one ends with. `best.ckpt` and `last.ckpt` load
-as plain models too (`checkpoint.load_state_dict` picks the EMA weights, under `state_dict`).
+with the weights an uninterrupted one ends with. `best.ckpt` and `last.ckpt` load as plain models too
+(`checkpoint.load_state_dict` picks the EMA weights, under `state_dict`).
 """
 
 import json
