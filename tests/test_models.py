@@ -338,3 +338,5 @@ def test_transformer_stack_compiles_without_graph_breaks():
         eager = model._transform(tokens)
         model.compile_transformer_stack(backend="eager")  # fullgraph: a graph break raises
         assert (model._transform(tokens) - eager).abs().max() < 1e-5
+        compiled = model._transform
+        assert model.compile_transformer_stack(backend="eager")._transform is compiled

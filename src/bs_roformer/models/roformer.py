@@ -168,8 +168,9 @@ class Roformer(nn.Module):
         the rest stays eager (inductor has no kernels for the STFTs' complex tensors, and the loss keeps its own
         FFT backward). Compiling the whole model for training fails in inductor 2.13: its memory planner recurses
         past Python's limit on the backward graph. The compiled function is bound to this instance: build a new
-        model rather than `deepcopy` this one."""
-        self._transform = torch.compile(self._transform, fullgraph=True, **options)
+        model rather than `deepcopy` this one. A second call keeps the first compilation."""
+        if "_transform" not in self.__dict__:  # else compiling the compiled function would trace it again
+            self._transform = torch.compile(self._transform, fullgraph=True, **options)
         return self
 
     def forward(self, raw_audio: torch.Tensor, target: torch.Tensor | None = None, return_loss_breakdown=False):
