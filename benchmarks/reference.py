@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+from bs_roformer.cli import ALLOCATOR_SETTINGS as TUNABLES
 DEFAULT_REFERENCE = os.environ.get("BS_ROFORMER_REFERENCE", "/tmp/refenv")
 
 

@@ -91,7 +91,7 @@ def measure_memory(args):
     with tempfile.TemporaryDirectory() as folder:
         song = Path(folder) / "song.wav"
         make_song(song, args.seconds)
-        separator = Separator(BSRoformer(**MODEL), CONFIG, device="cpu")
+        separator = Separator(BSRoformer(**MODEL), CONFIG, device="cpu", precision="fp32")
         baseline = rss_mb("VmRSS")
         separator.separate_file(song, Path(folder) / "out", progress=False)
         print(rss_mb("VmHWM") - baseline)
@@ -137,7 +137,7 @@ def main():
             for name, run in runs.items():
                 times[name].append(timed(run))
         separators["fp32"].separate_file(song, folder / "check", progress=False)
-        ours, _ = soundfile.read(str(folder / "check" / "song" / "vocals.wav"))
+        ours, _ = soundfile.read(str(folder / "check" / "model" / "song" / "vocals.wav"))
         theirs, _ = soundfile.read(str(folder / "ref" / "vocals.wav"))
         difference = np.abs(ours - theirs).max()
 

@@ -61,5 +61,5 @@ with tempfile.TemporaryDirectory() as folder:
     song = torch.cat([synthetic_batch(1)[0][0] for _ in range(4)], dim=-1)  # 4 s
     soundfile.write(str(folder / "song.wav"), song.numpy().T, sample_rate)
     separator = Separator.from_files(folder / "config.yaml", folder / "model.ckpt", device="cpu")
-    for path in separator.separate_file(folder / "song.wav", folder / "separated", instrumental=True):
+    for path in separator.separate_file(folder / "song.wav", folder / "separated", instrumental=True).paths:
         print("wrote", path.relative_to(folder), soundfile.info(str(path)).duration, "s")

@@ -21,7 +21,8 @@ from bs_roformer.checkpoint import load_state_dict
 from bs_roformer.config import load_config
 from bs_roformer.data.synth import synthesize_track, write_dataset
 from bs_roformer.evaluate import evaluate_model, format_table, summarize, write_json
-from bs_roformer.separate import Separator, resolve_device
+from bs_roformer.device import resolve_device
+from bs_roformer.separate import Separator
 from bs_roformer.train import train
 
 CONFIG = Path(__file__).parents[1] / "configs" / "demo_vocals.yaml"

@@ -25,7 +25,7 @@ def test_demo_model_separates_the_vocals_of_its_clip():
 
 def test_separate_and_evaluate_with_demo_from_the_cli(tmp_path, capsys):
     assert main(["separate", "--demo", "-o", str(tmp_path / "out"), "-q"]) == 0
-    written = soundfile.info(str(tmp_path / "out" / "clip" / "vocals.wav"))
+    written = soundfile.info(str(tmp_path / "out" / "demo" / "clip" / "vocals.wav"))
     assert (written.samplerate, written.channels, written.frames) == (44100, 2, 441000)
 
     write_dataset(tmp_path / "test", tracks=1, seconds=3.0, seed=99)

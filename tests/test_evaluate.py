@@ -68,7 +68,7 @@ def test_bad_inputs_are_reported_not_fatal(tmp_path, test_set, capsys):
     assert main(["evaluate", "--estimates", str(estimates), "--references", str(references), "-q",
                  "--json", str(tmp_path / "scores.json")]) == 0
     err = capsys.readouterr().err
-    assert "Artist - One: no estimate for stem 'other'" in err
+    assert "no estimate for stem 'other' in 1 track(s): Artist - One" in err
     assert "Artist - Two/other: estimate has 88200 samples, reference 132300; cut or zero-padded" in err
     assert "Artist - Two/vocals: silent reference, SDR undefined" in err
     assert "Artist - Three: estimates at 48000 Hz, references at 44100 Hz; skipped" in err

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bs_roformer.separate import overlap_add
+from bs_roformer.chunking import overlap_add
 
 
 def toy_model(batch: torch.Tensor) -> torch.Tensor:
@@ -85,20 +85,20 @@ def test_identity_model_returns_the_mix():
 
 def test_memory_is_bounded_by_the_chunk_not_the_length():
     """The buffers kept between batches stay a few chunks long however long the input is."""
-    from bs_roformer import separate
+    from bs_roformer import chunking
 
     sizes = []
-    original = separate._PaddedStream.drop_before
+    original = chunking.PaddedStream.drop_before
 
     def spy(self, position):
         original(self, position)
         sizes.append(self.data.shape[-1])
 
-    separate._PaddedStream.drop_before = spy
+    chunking.PaddedStream.drop_before = spy
     try:
         mix = torch.randn(1, 200_000)
         for _ in overlap_add(streamed(mix, 1000), 200_000, toy_model, chunk=1000, num_overlap=2, batch_size=2):
             pass
     finally:
-        separate._PaddedStream.drop_before = original
+        chunking.PaddedStream.drop_before = original
     assert max(sizes) < 5000

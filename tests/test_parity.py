@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bs_roformer import BSRoformer, MelBandRoformer
-from bs_roformer.models.bands import mel_band_membership
+from bs_roformer.mel import mel_band_membership
 from conftest import with_deterministic_weights
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"

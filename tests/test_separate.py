@@ -19,6 +19,7 @@ CONFIG = {"audio": {"sample_rate": 44100, "chunk_size": 8192}, "model": dict(MOD
 
 def make_separator(config=CONFIG, **options):
     torch.manual_seed(0)
+    options.setdefault("precision", "fp32")
     return Separator(BSRoformer(**config["model"]), config, device="cpu", **options)
 
 
@@ -111,9 +112,9 @@ def test_empty_and_surround_files(tmp_path):
 
 def test_separate_file_writes_stems_atomically_at_the_file_rate(tmp_path):
     path = write_wav(tmp_path / "song.wav", song(seconds=0.7, rate=48000), rate=48000)
-    written = make_separator().separate_file(path, tmp_path / "out", instrumental=True, progress=False)
+    written = make_separator().separate_file(path, tmp_path / "out", instrumental=True, progress=False).paths
     assert [p.relative_to(tmp_path / "out").as_posix() for p in written] == [
-        "song/vocals.wav", "song/other.wav", "song/instrumental.wav"]
+        "model/song/vocals.wav", "model/song/other.wav", "model/song/instrumental.wav"]
     data = {p.stem: soundfile.read(str(p), always_2d=True) for p in written}
     for audio, rate in data.values():
         assert rate == 48000 and audio.shape == (int(0.7 * 48000), 2)
@@ -125,7 +126,7 @@ def test_separate_file_writes_stems_atomically_at_the_file_rate(tmp_path):
 def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
     path = write_wav(tmp_path / "song.wav", song())
     separator = make_separator()
-    target = separator.separate_file(path, tmp_path, stems=["vocals"], progress=False)[0]
+    target = separator.separate_file(path, tmp_path, stems=["vocals"], progress=False).paths[0]
     target.write_bytes(b"keep me")
     with pytest.raises(FileExistsError, match="use --overwrite"):
         separator.separate_file(path, tmp_path, stems=["vocals"], progress=False)
@@ -138,7 +139,7 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path):
     path = write_wav(tmp_path / "song.wav", song(seconds=1.0))
     separator = make_separator()
     calls = 0
-    original = separator._model_call
+    original = separator.separate_chunks
 
     def failing(batch):
         nonlocal calls
@@ -147,7 +148,7 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path):
             raise KeyboardInterrupt
         return original(batch)
 
-    separator._model_call = failing
+    separator.separate_chunks = failing
     with pytest.raises(KeyboardInterrupt):
         separator.separate_file(path, tmp_path / "out", progress=False)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
@@ -158,7 +159,7 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path):
 def test_output_formats(tmp_path, output_format, subtype):
     path = write_wav(tmp_path / "song.wav", song())
     written = make_separator().separate_file(path, tmp_path / "out", output_format=output_format,
-                                             template="{stem}-{track}.{ext}", progress=False)
+                                             template="{stem}-{track}.{ext}", progress=False).paths
     info = soundfile.info(str(written[0]))
     assert info.subtype == subtype and written[0].name.startswith("vocals-song.")
 
@@ -167,7 +168,7 @@ def test_output_formats(tmp_path, output_format, subtype):
                                                      ("mp3", "MP3", "MPEG_LAYER_III")])
 def test_compressed_inputs(tmp_path, suffix, format, subtype):
     path = write_wav(tmp_path / f"song.{suffix}", song(), format=format, subtype=subtype)
-    written = make_separator().separate_file(path, tmp_path / "out", progress=False)
+    written = make_separator().separate_file(path, tmp_path / "out", progress=False).paths
     assert soundfile.info(str(written[0])).channels == 2
 
 
@@ -205,8 +206,9 @@ def test_cli_separates_files_and_folders_and_reports_bad_ones(tmp_path, model_fi
                  "-o", str(out), "-q", "--stems", "vocals", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 1
-    assert (out / "one" / "vocals.wav").is_file() and (out / "two" / "vocals.wav").is_file()
-    assert soundfile.info(str(out / "two" / "vocals.wav")).channels == 1
+    assert (out / "model" / "one" / "vocals.wav").is_file()
+    assert (out / "model" / "album" / "two" / "vocals.wav").is_file()
+    assert soundfile.info(str(out / "model" / "album" / "two" / "vocals.wav")).channels == 1
     assert "broken.wav" in captured.err and "empty: no audio files" in captured.err
     assert "missing.wav: no such file or folder" in captured.err
     assert "2 separated, 0 kept (outputs exist), 3 failed" in captured.out
@@ -222,7 +224,7 @@ def test_cli_unwritable_output_and_unknown_stem(tmp_path, model_files, capsys):
     assert main(["separate", str(path), *model_files, "-o", str(blocker / "out"), "-q"]) == 1
     assert "cannot write" in capsys.readouterr().err
     assert main(["separate", str(path), *model_files, "-o", str(tmp_path), "-q", "--stems", "drums"]) == 1
-    assert "unknown stem(s) ['drums']: this model gives ['vocals', 'other']" in capsys.readouterr().err
+    assert "unknown stem(s) drums: this model gives vocals, other (and instrumental)" in capsys.readouterr().err
 
 
 def test_other_formats_go_through_ffmpeg(tmp_path, monkeypatch):
@@ -243,5 +245,5 @@ def test_other_formats_go_through_ffmpeg(tmp_path, monkeypatch):
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}:{__import__('os').environ['PATH']}")
-    written = make_separator().separate_file(path, tmp_path / "out", progress=False)
+    written = make_separator().separate_file(path, tmp_path / "out", progress=False).paths
     assert soundfile.info(str(written[0])).frames == audio.shape[-1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .models.bands import mel_band_membership
+from .mel import mel_band_membership
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "state", "model")
 
@@ -21,14 +21,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+            state = load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable .safetensors file ({error}); download it again") from None
+    else:
+        state = _load_tensors_only(path)
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -36,6 +37,25 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"{path} holds no state_dict (expected a dict of tensors, possibly under {WRAPPER_KEYS})")
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _load_tensors_only(path: Path):
+    """torch.load with weights_only=True: a pickle that holds Python objects other than tensors and containers is
+    refused before any of its code can run."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        if found:
+            raise ValueError(
+                f"refused {path}: the checkpoint holds Python objects ({found.group(1)}), not only tensors, and "
+                "loading it could run code. Use a checkpoint from the model's publisher, or convert this one once, "
+                "with a tool you trust, to .safetensors") from None
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (it cannot be unpickled)") from None
+    except Exception as error:  # zip and pickle layers raise many types for files that are not checkpoints
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
 
 
 def _layer_indices(state: dict, pattern: str) -> list[int]:
@@ -126,3 +146,34 @@ def describe(state: dict[str, torch.Tensor]) -> str:
     lines.append(f"parameters: {unique:,}")
     lines.append("stored as: " + ", ".join(f"{dtype} ({count} tensors)" for dtype, count in dtypes.items()))
     return "\n".join(lines)
+
+
+def implied_yaml(state: dict[str, torch.Tensor], source: str | Path = "the checkpoint") -> str:
+    """An MSST YAML config that builds a model this checkpoint loads into strictly. What the weights do not record
+    (the hop length, the sample rate of a BS model, chunking, stem names) is set to the published models' usual
+    values and marked."""
+    import yaml
+
+    model = infer_config(state)
+    model_type = model.pop("model_type")
+    sample_rate = model.pop("sample_rate", None) if model_type == "bs_roformer" else model.get("sample_rate")
+    if "freqs_per_bands" in model:
+        model["freqs_per_bands"] = list(model["freqs_per_bands"])
+    model.update(stft_hop_length=441, stft_win_length=model["stft_n_fft"])
+    stems = [f"stem{index}" for index in range(model["num_stems"])] if model["num_stems"] > 1 else ["vocals"]
+    rate = sample_rate or 44100
+    config = {
+        "audio": {"sample_rate": rate, "chunk_size": 8 * rate,
+                  "num_channels": 2 if model["stereo"] else 1},
+        "model": model,
+        "training": {"model_type": model_type, "instruments": stems,
+                     **({"target_instrument": stems[0]} if len(stems) == 1 else {})},
+        "inference": {"num_overlap": 2, "batch_size": 1},
+    }
+    unrecorded = ("# Not recorded in the weights, set to the published models' usual values (check the model's page):\n"
+                  "#   model.stft_hop_length (441 for most published models, 512 for some); model.zero_dc (false\n"
+                  "#   for checkpoints trained with older code, e.g. viperx's and Kim's); audio.sample_rate"
+                  f"{'' if sample_rate else ' (44100)'};\n"
+                  "#   audio.chunk_size; inference; the stem names (training.instruments).\n")
+    return f"# Config implied by {source} (bs-roformer inspect --yaml)\n{unrecorded}" + yaml.safe_dump(
+        config, sort_keys=False, default_flow_style=None, width=120)

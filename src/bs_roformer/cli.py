@@ -1,17 +1,21 @@
-"""The `bs-roformer` command line, a thin layer over the package."""
+"""The `bs-roformer` command line, a thin layer over the package.
+
+Module imports stay light (no torch): `separate` and `evaluate` re-run themselves with faster allocator settings
+before anything heavy is loaded, and `--help` answers at once. Each command imports what it needs.
+"""
 
 import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .audio import OUTPUT_FORMATS, AudioError, find_audio
-from .checkpoint import describe, load_state_dict
+from .audio import DEFAULT_TEMPLATE, OUTPUT_FORMATS, TEMPLATE_FIELDS, AudioError
 
-# glibc hands large freed blocks back to the OS at once, so every chunk's big temporaries page-fault in again:
-# on CPU that costs about half the run time and makes it swing 2x. These settings keep the memory instead.
+# glibc hands large freed blocks back to the OS at once, so every chunk's big temporaries page-fault in again; these
+# settings keep the memory instead (docs/performance.md has the measurements). Benchmarks import them from here.
 ALLOCATOR_SETTINGS = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 
 
@@ -24,7 +28,10 @@ def use_fast_allocator_settings():
 
 
 def inspect_command(args) -> int:
-    print(describe(load_state_dict(args.checkpoint)))
+    from .checkpoint import describe, implied_yaml, load_state_dict
+
+    state = load_state_dict(args.checkpoint)
+    print(implied_yaml(state, args.checkpoint) if args.yaml else describe(state))
     return 0
 
 
@@ -41,68 +48,109 @@ def model_files(args) -> tuple:
     return args.config, args.checkpoint
 
 
-def separate_command(args) -> int:
+def load_separator(args, **options):
+    """The Separator for a command's model options, with the device and precision checked before the model loads."""
+    from .device import resolve_device, resolve_precision
     from .separate import Separator
 
+    device = resolve_device(args.device)
+    resolve_precision(args.precision, device)
     config, checkpoint = model_files(args)
-    if not args.inputs:
+    name = "demo" if args.demo else Path(checkpoint).stem
+    return Separator.from_files(config, checkpoint, args.model_type, device=device, precision=args.precision,
+                                batch_size=args.batch_size, name=name, **options)
+
+
+def separate_command(args) -> int:
+    from .audio import check_template
+
+    check_template(args.filename)
+    tracks, problems = input_tracks(args)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not tracks:
+        print("error: nothing to separate", file=sys.stderr)
+        return 1
+    separator = load_separator(args, chunk_size=args.chunk_size, num_overlap=args.overlap, tta=args.tta)
+    names = separator.output_names(args.stems.split(",") if args.stems else None, args.instrumental)
+    check_distinct_outputs(separator, tracks, args.output, args.filename, args.format, names)
+    if not args.quiet:
+        print(separator.describe(), file=sys.stderr)
+    return separate_tracks(separator, tracks, names, args, failed=len(problems))
+
+
+def input_tracks(args) -> tuple[list, list[str]]:
+    """The tracks to separate from INPUT (the demo clip for --demo with no INPUT), and the inputs that are not."""
+    from .audio import find_audio
+
+    inputs = args.inputs
+    if not inputs:
         if not args.demo:
             raise ValueError("give the audio files or folders to separate")
         from . import demo
 
-        args.inputs = [demo.CLIP]
-    files, problems = find_audio(args.inputs)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    if not files:
-        print("error: nothing to separate", file=sys.stderr)
-        return 1
-    separator = Separator.from_files(
-        config, checkpoint, args.model_type, device=args.device, precision=args.precision,
-        chunk_size=args.chunk_size, num_overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
-    )
-    stems = args.stems.split(",") if args.stems else None
-    counts = {"separated": 0, "kept": 0, "failed": len(problems)}
+        inputs = [demo.CLIP]
+    return find_audio(inputs, exclude=args.output)
+
+
+def separate_tracks(separator, tracks, names: list[str], args, failed: int = 0) -> int:
+    """Separate each track, report each, then a summary; the exit status is 1 if any failed, 130 on Ctrl-C."""
+    counts = {"separated": 0, "kept": 0, "failed": failed}
     start, audio_seconds = time.perf_counter(), 0.0
-    for path in files:
+    for track in tracks:
         try:
-            written = separator.separate_file(
-                path, args.output, template=args.filename, output_format=args.format, stems=stems,
-                instrumental=args.instrumental, overwrite=args.overwrite, progress=not args.quiet,
+            result = separator.separate_file(
+                track.path, args.output, template=args.filename, output_format=args.format, stems=names,
+                overwrite=args.overwrite, progress=not args.quiet, track=track,
             )
             counts["separated"] += 1
-            audio_seconds += _duration(path)
+            audio_seconds += result.seconds
             if not args.quiet:
-                print(f"{path} -> {', '.join(map(str, written))}")
+                print(f"{track.path} -> {', '.join(map(str, result.paths))}")
         except FileExistsError as error:
             counts["kept"] += 1
-            print(f"skipped {path}: {error}", file=sys.stderr)
+            print(f"skipped {track.path}: {error}", file=sys.stderr)
         except (AudioError, ValueError, OSError) as error:
             counts["failed"] += 1
-            print(f"error: {path}: {error}", file=sys.stderr)
+            message = str(error) if str(track.path) in str(error) else f"{track.path}: {error}"
+            print(f"error: {message}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print(f"interrupted: no outputs written for {track.path} ({counts['separated']} file(s) done before it)",
+                  file=sys.stderr)
+            return 130
     elapsed = time.perf_counter() - start
     print(f"{counts['separated']} separated, {counts['kept']} kept (outputs exist), {counts['failed']} failed; "
           f"{audio_seconds:.1f} s of audio in {elapsed:.1f} s ({audio_seconds / max(elapsed, 1e-9):.1f}x real time)")
     return 1 if counts["failed"] else 0
 
 
+def check_distinct_outputs(separator, tracks, out_dir: Path, template: str, output_format: str, names: list[str]):
+    """Refuse, before any work, a run in which two inputs would write the same file."""
+    writers = {}
+    for track in tracks:
+        for path in separator.output_paths(track, out_dir, template, output_format, names).values():
+            if path in writers:
+                raise ValueError(f"{writers[path]} and {track.path} would both write {path}: keep the input folders "
+                                 "apart with {relpath} in --filename, or separate them into different -o folders")
+            writers[path] = track.path
+
+
 def evaluate_command(args) -> int:
     from . import evaluate
 
+    evaluate.check_outputs(args.json, args.csv, args.plot)  # before the work, not after it
     if args.estimates:
         if not (args.references or args.data):
             raise ValueError("--estimates needs --references (the test set the estimates were made from)")
         results, problems = evaluate.evaluate_estimates(args.references or args.data, args.estimates,
                                                         progress=not args.quiet)
     else:
-        from .separate import Separator
-
         if not args.data:
             raise ValueError("give --data (and the model) to separate and score a test set, "
                              "or --estimates and --references to score stems on disk")
-        config, checkpoint = model_files(args)
-        separator = Separator.from_files(config, checkpoint, args.model_type, device=args.device,
-                                         precision=args.precision, batch_size=args.batch_size)
+        separator = load_separator(args)
+        if not args.quiet:
+            print(separator.describe(), file=sys.stderr)
         results, problems = evaluate.evaluate_model(separator, args.data, progress=not args.quiet)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -122,7 +170,7 @@ def evaluate_command(args) -> int:
 
 def train_command(args) -> int:
     from .config import load_config
-    from .separate import resolve_device
+    from .device import resolve_device
     from .train import train
 
     config = load_config(args.config)
@@ -141,99 +189,138 @@ def synth_command(args) -> int:
     return 0
 
 
-def _duration(path: Path) -> float:
-    import soundfile
-
+def positive_int(text: str) -> int:
     try:
-        info = soundfile.info(str(path))
-        return info.frames / info.samplerate
-    except Exception:
-        return 0.0
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+EPILOG = """examples:
+  bs-roformer separate --demo --instrumental          the shipped demo model on its demo clip
+  bs-roformer separate song.flac -c config.yaml -m model.ckpt --instrumental
+  bs-roformer inspect model.ckpt --yaml > config.yaml  a config for a checkpoint that came without one
+
+Models: a published model is an MSST-style YAML config plus its checkpoint, from the model's page; --demo is a small
+model shipped in the package, trained on synthetic songs."""
+
+
+def add_model_options(parser: argparse.ArgumentParser):
+    """-c/-m/--demo and how the model runs: the options separate and evaluate share."""
+    parser.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
+    parser.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
+    parser.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package")
+    parser.add_argument("--model-type", help="override the config's training.model_type (bs_roformer, "
+                        "mel_band_roformer)")
+    parser.add_argument("-d", "--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, "
+                        "cuda:N or mps")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16. auto: on CUDA fp16 when the "
+                        "config's training.use_amp is true (as MSST), else fp32; on the CPU bf16 only where the CPU "
+                        "has native bf16 (AVX512-BF16 or AMX), else fp32")
+    parser.add_argument("-b", "--batch-size", type=positive_int, help="chunks per model call (default: the "
+                        "config's inference.batch_size, else 1)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bs-roformer", description="BS-RoFormer and Mel-Band RoFormer")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="bs-roformer", description="BS-RoFormer and Mel-Band RoFormer: separate "
+                                     "songs into stems, score, train.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    inspect = commands.add_parser("inspect", help="print the model configuration a checkpoint implies")
+    inspect = commands.add_parser("inspect", help="print the model configuration a checkpoint implies",
+                                  formatter_class=formatter)
     inspect.add_argument("checkpoint", help=".ckpt/.pth/.pt or .safetensors file")
+    inspect.add_argument("--yaml", action="store_true", help="print it as an MSST YAML config that loads with "
+                         "this checkpoint (settings the weights do not record are marked)")
     inspect.set_defaults(run=inspect_command)
 
-    separate = commands.add_parser("separate", help="split songs into stems")
-    separate.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
-    separate.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
-    separate.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
-    separate.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package "
-                          "(and, with no INPUT, its synthetic demo clip)")
+    separate = commands.add_parser("separate", help="split songs into stems", formatter_class=formatter)
+    separate.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively, "
+                          "leaving out the output folder); with --demo and no INPUT, the demo clip")
+    add_model_options(separate)
     separate.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder")
-    separate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
-                          help="override the config's training.model_type")
-    separate.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    separate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                          help="bf16 is fast on recent CPUs and GPUs; fp16 on GPUs only")
-    separate.add_argument("-b", "--batch-size", type=int, help="chunks per model call (default: the config's)")
-    separate.add_argument("--overlap", type=int, help="chunks covering each sample (default: the config's num_overlap)")
-    separate.add_argument("--chunk-size", type=int, help="chunk length in samples (default: the config's)")
-    separate.add_argument("--tta", action="store_true", help="average with channel-swapped and polarity-inverted passes")
-    separate.add_argument("--stems", help="comma-separated stems to write (default: all the model's stems)")
+    separate.add_argument("--overlap", type=positive_int, help="chunks covering each sample (default: the config's "
+                          "inference.num_overlap, else 2)")
+    separate.add_argument("--chunk-size", type=positive_int, help="chunk length in samples (default: the config's "
+                          "inference.chunk_size, else audio.chunk_size)")
+    separate.add_argument("--tta", action="store_true", help="average with channel-swapped and polarity-inverted "
+                          "passes (3x the time)")
+    separate.add_argument("--stems", help="comma-separated outputs to write: the model's stems and/or instrumental "
+                          "(default: all the model's stems)")
     separate.add_argument("--instrumental", action="store_true", help="also write the mixture minus the target stem")
     separate.add_argument("--format", default="wav32f", choices=sorted(OUTPUT_FORMATS),
-                          help="wav16, wav24, wav32f (float, default), flac16, flac24")
-    separate.add_argument("--filename", default="{track}/{stem}.{ext}",
-                          help="output path template under OUTPUT, with {track}, {stem}, {ext}")
-    separate.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
-    separate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+                          help="wav16, wav24, wav32f (32-bit float), flac16, flac24")
+    separate.add_argument("--filename", default=DEFAULT_TEMPLATE, help="output path template under OUTPUT, with "
+                          f"{', '.join('{' + field + '}' for field in TEMPLATE_FIELDS)}: {{track}} is the file's "
+                          "name (its folder's for mixture.*), {relpath} its path under the INPUT folder")
+    separate.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them, "
+                          "and write only the missing ones)")
     separate.set_defaults(run=separate_command)
 
-    evaluate = commands.add_parser("evaluate", help="score separations: global SDR, museval cSDR, SI-SDR, "
-                                   "bleedless/fullness")
-    evaluate.add_argument("-c", "--config", help="the model's YAML config, to separate --data first")
-    evaluate.add_argument("-m", "--checkpoint", help="the model's weights, to separate --data first")
-    evaluate.add_argument("--demo", action="store_true", help="separate --data with the shipped demo model")
-    evaluate.add_argument("--data", type=Path, help="test set in the MUSDB18-HQ layout (<track>/<stem>.wav)")
+    evaluate = commands.add_parser(
+        "evaluate", formatter_class=formatter,
+        help="score separations: global SDR, museval cSDR, SI-SDR, bleedless/fullness",
+        description="Two modes: give a model (-c/-m or --demo) and --data to separate a test set and score it; or "
+                    "give --estimates (stems on disk) and --references (or --data) to score them.")
+    add_model_options(evaluate)
+    evaluate.add_argument("--data", type=Path, help="test set in the MUSDB18-HQ layout (<track>/<stem>.wav); also "
+                          "stands for --references")
     evaluate.add_argument("--estimates", type=Path, help="stems on disk to score (<track>/<stem>.wav)")
     evaluate.add_argument("--references", type=Path, help="the references for --estimates (MUSDB18-HQ layout)")
-    evaluate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"))
-    evaluate.add_argument("-d", "--device", default="auto")
-    evaluate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    evaluate.add_argument("-b", "--batch-size", type=int)
     evaluate.add_argument("--json", type=Path, help="write results and the per-stem summary as JSON")
     evaluate.add_argument("--csv", type=Path, help="write per-track, per-stem results as CSV")
-    evaluate.add_argument("--plot", type=Path, help="write a PNG of per-track SDR per stem")
-    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--plot", type=Path, help="write a PNG of per-track SDR per stem (needs matplotlib)")
     evaluate.set_defaults(run=evaluate_command)
 
-    train = commands.add_parser("train", help="train or fine-tune a model (MSST-style YAML config)")
+    train = commands.add_parser("train", help="train or fine-tune a model (MSST-style YAML config)",
+                                formatter_class=formatter)
     train.add_argument("-c", "--config", required=True, help="YAML config: model, training, audio, augmentations")
     train.add_argument("--data", type=Path, required=True, help="training tracks (MUSDB18-HQ layout)")
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
     train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
     train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
-    train.add_argument("-d", "--device", default="auto")
-    train.add_argument("-q", "--quiet", action="store_true")
+    train.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
 
-    synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout")
+    synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout",
+                                formatter_class=formatter)
     synth.add_argument("--out", type=Path, required=True, help="output folder (one folder per track)")
-    synth.add_argument("--tracks", type=int, default=10)
-    synth.add_argument("--seconds", type=float, default=10.0)
+    synth.add_argument("--tracks", type=positive_int, default=10, help="number of songs")
+    synth.add_argument("--seconds", type=float, default=10.0, help="length of each song")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same songs")
-    synth.add_argument("-j", "--jobs", type=int, default=1, help="processes writing songs (same songs for any number)")
+    synth.add_argument("-j", "--jobs", type=positive_int, default=1, help="processes writing songs (the same songs "
+                       "for any number)")
     synth.set_defaults(run=synth_command)
     return parser
 
 
+def print_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one `warning: ...` line, without Python's source location."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.command == "separate":
+    if argv is None and args.command in ("separate", "evaluate"):
         use_fast_allocator_settings()
     try:
-        return args.run(args)
-    except (FileNotFoundError, ValueError) as error:
+        with warnings.catch_warnings():
+            warnings.showwarning = print_warning
+            return args.run(args)
+    except (FileNotFoundError, ValueError, AudioError) as error:
         print(f"bs-roformer {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"bs-roformer {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Configs have sections `audio`, `model` (constructor arguments), `training` (`ins
 construct Python objects.
 """
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -66,8 +67,43 @@ def stem_names(config: dict) -> list[str]:
     return instruments[:num_stems] if len(instruments) >= num_stems else [f"stem{i}" for i in range(num_stems)]
 
 
+def setting(config: dict, section: str, key: str, kind: type, default):
+    """`config[section][key]` as `kind` (int or float), else `default`; a value that is not a number is a ValueError
+    naming the key."""
+    value = (config.get(section) or {}).get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise ValueError(f"{section}.{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
+def check_model_options(model_class: type, options: dict):
+    """Unknown keys and values of the wrong type in a config's `model:` section, named, as a ValueError."""
+    from .models.roformer import IGNORED_CONFIG_KEYS
+
+    parameters = inspect.signature(model_class.__init__).parameters
+    for key, value in options.items():
+        if key not in parameters or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+            if key in IGNORED_CONFIG_KEYS:
+                continue
+            raise ValueError(f"unknown model option model.{key} (= {value!r}) for {model_class.__name__}; "
+                             "check its spelling against the model's published config")
+        parameter = parameters[key]
+        expected = parameter.annotation if parameter.annotation in (bool, int, float) else \
+            type(parameter.default) if isinstance(parameter.default, (bool, int, float)) else None
+        if expected is bool and not isinstance(value, bool):
+            raise ValueError(f"model.{key} must be true or false, got {value!r}")
+        if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                         or (expected is int and value != int(value))):
+            kind = "an integer" if expected is int else "a number"
+            raise ValueError(f"model.{key} must be {kind}, got {value!r}")
+
+
 def build_model(config: dict, model_type: str) -> torch.nn.Module:
-    return MODEL_CLASSES[model_type](**config["model"])
+    model_class = MODEL_CLASSES[model_type]
+    check_model_options(model_class, config["model"])
+    return model_class(**config["model"])
 
 
 def _explain_mismatch(config: dict, model: torch.nn.Module, model_type: str, state: dict) -> str | None:

@@ -10,34 +10,14 @@ import math
 import statistics
 from pathlib import Path
 
-import soundfile
 import torch
 from tqdm import tqdm
 
-from .audio import STEM_EXTENSIONS
+from .audio import fit_length
+from .data.layout import mixture_of, read_stems, track_folders
 from .metrics import bleedless_fullness, framewise_sdr, global_sdr, si_sdr
 
 METRICS = ("sdr", "csdr", "si_sdr", "bleedless", "fullness")
-
-
-def read_stems(folder: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """{stem: (channels, samples)} of one track folder and its sample rate; `mixture` included if present."""
-    stems, rates = {}, set()
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in STEM_EXTENSIONS and path.is_file():
-            audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-            stems[path.stem] = torch.from_numpy(audio.T.copy())
-            rates.add(rate)
-    if len(rates) > 1:
-        raise ValueError(f"{folder}: stems have different sample rates {sorted(rates)}")
-    return stems, rates.pop() if rates else 0
-
-
-def mixture_of(references: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The track's `mixture` stem, else the sum of its stems."""
-    if "mixture" in references:
-        return references["mixture"]
-    return torch.stack(list(references.values())).sum(0)
 
 
 def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor], sample_rate: int,
@@ -45,8 +25,6 @@ def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.
     """{stem: {metric: value}} for the stems present in both; NaN where a metric is undefined (silent reference).
     Differences in length are resolved as museval does (estimates cut or zero-padded), with a note in `problems`."""
     stems = [stem for stem in references if stem != "mixture" and stem in estimates]
-    for stem in sorted(set(references) - set(estimates) - {"mixture"}):
-        problems.append(f"{track}: no estimate for stem '{stem}'")
     if not stems:
         return {}
     length = references[stems[0]].shape[-1]
@@ -60,8 +38,7 @@ def score_track(references: dict[str, torch.Tensor], estimates: dict[str, torch.
         if estimate.shape[-1] != length:
             problems.append(f"{track}/{stem}: estimate has {estimate.shape[-1]} samples, reference {length}; "
                             "cut or zero-padded to the reference")
-            estimate = estimate[..., :length] if estimate.shape[-1] > length else torch.nn.functional.pad(
-                estimate, (0, length - estimate.shape[-1]))
+            estimate = fit_length(estimate, length)
         aligned[stem] = (reference, estimate)
     if not aligned:
         return {}
@@ -94,7 +71,7 @@ def summarize(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict
         summary[stem] = {}
         for metric in METRICS:
             values = [track[stem][metric] for track in results.values()
-                      if stem in track and math.isfinite(track[stem][metric])]
+                      if stem in track and not math.isnan(track[stem][metric])]
             summary[stem][metric] = {
                 "median": statistics.median(values) if values else math.nan,
                 "mean": statistics.fmean(values) if values else math.nan,
@@ -103,19 +80,18 @@ def summarize(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict
     return summary
 
 
-def track_folders(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
-    tracks = sorted(path for path in folder.iterdir()
-                    if path.is_dir() and any(p.suffix.lower() in STEM_EXTENSIONS for p in path.iterdir()))
-    if not tracks:
-        raise ValueError(f"{folder} holds no track folders with .wav/.flac stems (MUSDB18-HQ layout)")
-    return tracks
+def with_instrumental_reference(references: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor]) -> dict:
+    """The references plus "instrumental" (the mixture minus the vocals) when there is an instrumental estimate."""
+    if "instrumental" not in estimates or "vocals" not in references or "instrumental" in references:
+        return references
+    return {**references, "instrumental": mixture_of(references) - references["vocals"]}
 
 
 def evaluate_estimates(references_dir: Path, estimates_dir: Path, progress=True):
-    """Score the estimates on disk against the references; returns (results, problems)."""
+    """Score the estimates on disk against the references (an `instrumental` estimate against the mixture minus the
+    vocals); returns (results, problems). Stems without estimates are named once, not per track."""
     folders, problems = track_folders(references_dir), []
+    unestimated: dict[str, list[str]] = {}  # stem: tracks without its estimate, named once at the end
 
     def pairs():
         for folder in folders:
@@ -128,9 +104,15 @@ def evaluate_estimates(references_dir: Path, estimates_dir: Path, progress=True)
             if estimates and estimate_rate != rate:
                 problems.append(f"{folder.name}: estimates at {estimate_rate} Hz, references at {rate} Hz; skipped")
                 continue
-            yield folder.name, references, estimates, rate
+            for stem in sorted(set(references) - set(estimates) - {"mixture"}):
+                unestimated.setdefault(stem, []).append(folder.name)
+            yield folder.name, with_instrumental_reference(references, estimates), estimates, rate
 
-    return _score_all(pairs(), len(folders), problems, progress), problems
+    results = _score_all(pairs(), len(folders), problems, progress)
+    for stem, tracks in unestimated.items():
+        named = ", ".join(tracks[:3]) + (f" and {len(tracks) - 3} more" if len(tracks) > 3 else "")
+        problems.append(f"no estimate for stem '{stem}' in {len(tracks)} track(s): {named}")
+    return results, problems
 
 
 def evaluate_model(separator, data_dir: Path, progress=True):
@@ -171,6 +153,21 @@ def format_table(results, summary) -> str:
         for statistic in ("median", "mean"):
             lines.append(f"{statistic:32} {stem:12} " + " ".join(f"{metrics[m][statistic]:9.3f}" for m in METRICS))
     return "\n".join(lines)
+
+
+def check_outputs(json_path: Path | None, csv_path: Path | None, plot_path: Path | None):
+    """Before any scoring: the report files' folders exist (made if need be) and plotting has matplotlib."""
+    for path in (json_path, csv_path, plot_path):
+        if path is not None:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ValueError(f"cannot write {path}: {error}") from None
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install matplotlib (or leave out --plot)") from None
 
 
 def _null_for_nan(value):

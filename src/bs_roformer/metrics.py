@@ -9,6 +9,8 @@
   parts (ISR, SIR, SAR), so SDR needs no filter and is computed here directly, hundreds of times faster.
   Frames where any reference or estimate of the track is silent are NaN, as in museval.
 - `si_sdr`: scale-invariant SDR (Le Roux et al. 2019).
+- A perfect estimate (error energy below GLOBAL_SDR_EPS) gets a finite score in every SDR: the error energy is floored
+  at the eps, which caps each SDR at 10 log10(signal energy / 1e-8) (about 110 dB for a loud track).
 - `bleedless_fullness`: the community's (MVSEP, MSST) spectral scores: magnitude STFT (n_fft 4096, hop 1024, Hann,
   zero padding at the borders), 512 Slaney Mel bands, dB of magnitudes floored 80 dB below the signal's maximum;
   d = estimate dB - reference dB; bleedless = 100 / (1 + mean of the positive d), fullness =
@@ -18,7 +20,8 @@
 import numpy as np
 import torch
 
-from .models.bands import slaney_mel_filterbank
+from .audio import fit_length
+from .mel import slaney_mel_filterbank
 
 GLOBAL_SDR_EPS = 1e-8
 
@@ -44,7 +47,8 @@ def si_sdr(reference, estimate, zero_mean: bool = False) -> torch.Tensor:
         estimate = estimate - estimate.mean(dim=-1, keepdim=True)
     scale = (estimate * reference).sum(-1, keepdim=True) / reference.pow(2).sum(-1, keepdim=True)
     target = scale * reference
-    return 10 * torch.log10(target.pow(2).sum(-1) / (target - estimate).pow(2).sum(-1))
+    error = (target - estimate).pow(2).sum(-1).clamp(min=GLOBAL_SDR_EPS)
+    return 10 * torch.log10(target.pow(2).sum(-1) / error)
 
 
 def framewise_sdr(references, estimates, window: int = 44100, hop: int = 44100) -> torch.Tensor:
@@ -53,8 +57,7 @@ def framewise_sdr(references, estimates, window: int = 44100, hop: int = 44100) 
     source's reference or estimate is silent in that frame (museval's test: every sample's channel sum is 0)."""
     references, estimates = _as_tensor(references), _as_tensor(estimates)
     length = references.shape[-1]
-    estimates = estimates[..., :length] if estimates.shape[-1] >= length else torch.nn.functional.pad(
-        estimates, (0, length - estimates.shape[-1]))
+    estimates = fit_length(estimates, length)
     frames = int(np.floor((length - window + hop) / hop)) if window < length else 1
     result = torch.full((references.shape[0], frames), float("nan"), dtype=torch.float64)
     for frame in range(frames):
@@ -63,8 +66,8 @@ def framewise_sdr(references, estimates, window: int = 44100, hop: int = 44100) 
         if _any_silent(ref) or _any_silent(est):
             continue
         signal = ref.pow(2).sum(dim=(-2, -1))
-        error = (est - ref).pow(2).sum(dim=(-2, -1))
-        result[:, frame] = torch.where(error > 0, 10 * torch.log10(signal / error), torch.inf)
+        error = (est - ref).pow(2).sum(dim=(-2, -1)).clamp(min=GLOBAL_SDR_EPS)
+        result[:, frame] = 10 * torch.log10(signal / error)
     return result
 
 

@@ -1,215 +1,82 @@
-"""Separating whole songs: MSST's chunked overlap-add, batched, streaming, with accumulators on the model's device.
+"""The Separator: a Roformer with the settings of its config, separating tensors and audio files.
 
-The algorithm (the one published SDR figures were measured with): chunks of `chunk` samples every
-`step = chunk // num_overlap`; each chunk's estimate is weighted by a window of ones with linear fades over
-`chunk // 10` samples at both ends (no fade-in on the first chunk, no fade-out on the last), and the output is the
-weighted average (0 where no weight falls). A track longer than `2 * (chunk - step)` is first reflect-padded by
-`chunk - step` on both sides; a short last chunk is padded to `chunk` (reflect when it is longer than half a chunk,
-zeros otherwise). Unlike MSST, where the fades at the ends are dropped per batch, the windows depend only on the
-chunk's position, so the result does not depend on the batch size.
+A file's path, one named step after another; each step is a generator of (channels, n) blocks, so a one-hour file
+needs the memory of a one-minute one:
 
-Input and output stream in blocks: memory is bounded by the chunk and batch sizes, not by the song's length.
+    read_blocks        the file, decoded in blocks (audio.AudioReader)
+    CleanBlocks        NaN and infinite samples replaced by 0, and counted
+    resample           to the model's sample rate (soxr)
+    overlap_add        chunks through the model, stitched (chunking.py: the algorithm published figures use)
+    resample           back to the file's rate
+    fit_stream_length  cut or zero-padded to the file's length (resampling can end a few samples short)
+    split_stems        {stem: block}
+    with_instrumental  the mixture minus the target stem, sample for sample
+    write_stems        each output to `<name>.part`, renamed into place when complete
+
+`Separator.stem_blocks` runs the middle steps (mix blocks in, stem blocks out, both at the file's rate); ensembles,
+the web page and scale-out reuse it.
 """
 
-import time
+import itertools
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .audio import (DEFAULT_TEMPLATE, OUTPUT_FORMATS, AtomicWriter, AudioReader, Track, check_template, resampled,
+                    resampled_length)
+from .chunking import overlap_add, tta_separate
+from .device import autocast, resolve_device, resolve_precision
 
-def fade_window(chunk: int, fade: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
-    window = torch.ones(chunk)
-    if fade > 0:
-        if fade_in:
-            window[:fade] = torch.linspace(0, 1, fade)
-        if fade_out:
-            window[-fade:] = torch.linspace(1, 0, fade)
-    return window
+@dataclass
+class FileResult:
+    """What `Separator.separate_file` did: the files it wrote and the length of the audio in seconds."""
 
-
-class _PaddedStream:
-    """The mix, reflect-padded by `border` at both ends, read from a stream of (channels, n) blocks.
-
-    Keeps only what later chunks can still need: samples from the oldest chunk start still to come, plus the last
-    `border + 1` samples (the end padding reflects them)."""
-
-    def __init__(self, blocks: Iterator[torch.Tensor], border: int):
-        self.blocks, self.border = blocks, border
-        self.data = None  # padded samples [start, start + data.shape[-1])
-        self.start = 0
-        self.mix_read = 0
-        self.start_padded = False
-        self.ended = False
-
-    @property
-    def end(self) -> int:
-        return self.start + (0 if self.data is None else self.data.shape[-1])
-
-    def _append(self, block: torch.Tensor):
-        self.data = block if self.data is None else torch.cat([self.data, block], dim=-1)
-
-    def _read_block(self):
-        block = next(self.blocks, None)
-        if block is None:
-            self.ended = True
-            if self.border:  # the end padding reflects the last samples: mix[L-2], mix[L-3], ...
-                self._append(self.data[..., -self.border - 1 : -1].flip(-1))
-            return
-        self.mix_read += block.shape[-1]
-        self._append(block)
-        if self.border and not self.start_padded and self.mix_read > self.border:
-            # the start padding reflects the first samples: mix[border], ..., mix[1]
-            self.data = torch.cat([self.data[..., 1 : self.border + 1].flip(-1), self.data], dim=-1)
-            self.start_padded = True
-
-    def fill_to(self, position: int):
-        """Read until the padded signal is available up to `position` or the stream ends."""
-        while not self.ended and (self.end < position or self.mix_read <= self.border):
-            self._read_block()
-
-    def get(self, start: int, stop: int) -> torch.Tensor:
-        return self.data[..., start - self.start : min(stop, self.end) - self.start]
-
-    def drop_before(self, position: int):
-        keep_from = min(position, self.end - self.border - 1) if not self.ended else position
-        if keep_from > self.start:
-            self.data = self.data[..., keep_from - self.start :]
-            self.start = keep_from
-
-
-def overlap_add(
-    blocks: Iterator[torch.Tensor],
-    length: int,
-    separate: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    chunk: int,
-    num_overlap: int,
-    batch_size: int,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int], None] | None = None,
-) -> Iterator[torch.Tensor]:
-    """Separate a mix given as (channels, n) blocks totalling `length` samples; yields (stems, channels, n) output
-    blocks on the CPU, in order, totalling `length` samples.
-
-    `separate` maps a (batch, channels, chunk) tensor on `device` to (batch, stems, channels, chunk)."""
-    if chunk < 1 or num_overlap < 1 or batch_size < 1:
-        raise ValueError(f"chunk ({chunk}), num_overlap ({num_overlap}) and batch_size ({batch_size}) must be >= 1")
-    step = max(chunk // num_overlap, 1)
-    fade = chunk // 10
-    border = chunk - step if length > 2 * (chunk - step) else 0
-    padded_length = length + 2 * border
-    starts = range(0, padded_length, step)
-    windows = {(first, last): fade_window(chunk, fade, not first, not last).to(device)
-               for first in (False, True) for last in (False, True)}
-
-    source = _PaddedStream(blocks, border)
-    accumulated = weights = None  # padded samples [emitted, emitted + accumulated.shape[-1])
-    emitted = 0  # padded position up to which output has been yielded
-    for first_index in range(0, len(starts), batch_size):
-        batch_starts = starts[first_index : first_index + batch_size]
-        source.fill_to(batch_starts[-1] + chunk)
-        pieces = []
-        for start in batch_starts:
-            piece = source.get(start, start + chunk)
-            real = piece.shape[-1]
-            if real < chunk:
-                mode = "reflect" if real > chunk // 2 else "constant"
-                piece = F.pad(piece[None], (0, chunk - real), mode=mode)[0]
-            pieces.append(piece)
-        estimates = separate(torch.stack(pieces).to(device))
-
-        span = batch_starts[-1] + chunk - emitted
-        if accumulated is None:
-            accumulated = estimates.new_zeros(*estimates.shape[1:3], span, dtype=torch.float32)
-            weights = estimates.new_zeros(span, dtype=torch.float32)
-        elif accumulated.shape[-1] < span:
-            grow = span - accumulated.shape[-1]
-            accumulated = F.pad(accumulated, (0, grow))
-            weights = F.pad(weights, (0, grow))
-        for start, estimate in zip(batch_starts, estimates):
-            real = min(chunk, padded_length - start)
-            window = windows[start == 0, start + step >= padded_length][:real]
-            offset = start - emitted
-            accumulated[..., offset : offset + real] += estimate[..., :real].float() * window
-            weights[offset : offset + real] += window
-
-        final = batch_starts[-1] + step if batch_starts[-1] + step < padded_length else padded_length
-        done = final - emitted
-        averaged = torch.where(weights[:done] > 0, accumulated[..., :done] / weights[:done], 0.0)
-        lo, hi = max(border - emitted, 0), min(border + length - emitted, done)
-        if hi > lo:
-            yield averaged[..., lo:hi].cpu()
-            if progress is not None:
-                progress(hi - lo)
-        accumulated, weights = accumulated[..., done:], weights[done:]
-        emitted = final
-        source.drop_before(final)
-
-
-def tta_separate(model_call: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Test-time augmentation: the mean of the plain pass, a pass with the channels swapped and a pass with the
-    polarity inverted (each undone on the output)."""
-
-    def separate(batch: torch.Tensor) -> torch.Tensor:
-        plain = model_call(batch)
-        swapped = model_call(batch.flip(1)).flip(-2)
-        inverted = -model_call(-batch)
-        return (plain + swapped + inverted) / 3
-
-    return separate
-
-
-# ---- the Separator: a model plus the settings of its config, over files or tensors ---------------------------------
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available here; use --device cpu")
-    return device
+    paths: list[Path]
+    seconds: float
 
 
 class Separator:
-    """Separates songs with a Roformer model. Build it with `Separator.from_files(config, checkpoint)` (or from a
-    model and its config dict), then call `separate(audio, sample_rate)` on tensors or `separate_file(...)`.
+    """Separates songs with a Roformer model. Build it with `Separator.from_files(config, checkpoint)` (or
+    `Separator.demo()`, or from a model and its config dict), then call `separate(audio, sample_rate)` on tensors or
+    `separate_file(path, out_dir)` on files.
 
     Settings default to the config's `inference` section (`chunk_size`, `num_overlap`, `batch_size`), then its
-    `audio` section; stem names come from `training.target_instrument` / `training.instruments`."""
+    `audio` section; stem names come from `training.target_instrument` / `training.instruments`. `model` is any
+    callable mapping (batch, channels, samples) to stems as the Roformers do (a torch module, or an ONNX runtime
+    session wrapped so)."""
 
-    def __init__(self, model: torch.nn.Module, config: dict, *, device="auto", precision="fp32",
-                 chunk_size: int | None = None, num_overlap: int | None = None, batch_size: int | None = None,
-                 tta: bool = False):
-        from .config import stem_names
+    def __init__(self, model, config: dict, *, device="auto", precision="auto", chunk_size: int | None = None,
+                 num_overlap: int | None = None, batch_size: int | None = None, tta: bool = False,
+                 name: str = "model"):
+        from .config import setting, stem_names
 
-        audio, inference = config.get("audio") or {}, config.get("inference") or {}
         self.device = resolve_device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if precision == "fp16" and self.device.type == "cpu":
-            raise ValueError("fp16 needs a GPU; on the CPU use bf16 (or fp32)")
-        self.precision = precision
-        self.model = model.to(self.device).eval()
-        if hasattr(self.model, "match_input_audio_length"):
-            self.model.match_input_audio_length = True  # Mel: every chunk's estimate covers the whole chunk
-        self.sample_rate = int(audio.get("sample_rate", 44100))
-        self.chunk_size = int(chunk_size or inference.get("chunk_size") or audio.get("chunk_size") or 8 * self.sample_rate)
-        self.num_overlap = int(num_overlap or inference.get("num_overlap") or 2)
-        self.batch_size = int(batch_size or inference.get("batch_size") or 1)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device, config)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
+        if hasattr(model, "match_input_audio_length"):
+            model.match_input_audio_length = True  # Mel: every chunk's estimate covers the whole chunk
+        self.name = name
+        self.sample_rate = setting(config, "audio", "sample_rate", int, 44100)
+        self.chunk_size = _positive("chunk_size", chunk_size) or setting(
+            config, "inference", "chunk_size", int, None) or setting(config, "audio", "chunk_size", int,
+                                                                     8 * self.sample_rate)
+        self.num_overlap = _positive("num_overlap", num_overlap) or setting(config, "inference", "num_overlap", int, 2)
+        self.batch_size = _positive("batch_size", batch_size) or setting(config, "inference", "batch_size", int, 1)
+        for key in ("chunk_size", "num_overlap", "batch_size"):
+            _positive(key, getattr(self, key))
+        stft = getattr(model, "stft", None)
+        if stft is not None and self.chunk_size <= stft.n_fft // 2:
+            raise ValueError(f"chunk_size {self.chunk_size} is too short for the model's STFT (n_fft {stft.n_fft}): "
+                             f"use a chunk of more than {stft.n_fft // 2} samples (published configs use about 8 s)")
         self.tta = tta
         self.stems = stem_names(config)
+        self.target = "vocals" if "vocals" in self.stems else self.stems[0]
         self.model_channels = 2 if getattr(model, "stereo", True) else 1
 
     @classmethod
@@ -217,6 +84,7 @@ class Separator:
         from .config import load_model
 
         model, config = load_model(config_path, checkpoint_path, model_type)
+        options.setdefault("name", Path(checkpoint_path).stem)
         return cls(model, config, **options)
 
     @classmethod
@@ -224,12 +92,18 @@ class Separator:
         """The small vocal model shipped in the package (trained on synthetic songs; see `bs_roformer.demo`)."""
         from . import demo
 
-        return cls.from_files(demo.CONFIG, demo.WEIGHTS, **options)
+        return cls.from_files(demo.CONFIG, demo.WEIGHTS, name="demo", **options)
 
-    # -- the model call on one batch of chunks --
+    def describe(self) -> str:
+        """One line for a run's header: the model, its stems, device, precision and chunking."""
+        return (f"{self.name}: {', '.join(self.stems)} | {self.device}, {self.precision} ({self.precision_reason}) | "
+                f"chunks of {self.chunk_size / self.sample_rate:g} s, overlap {self.num_overlap}, "
+                f"batch {self.batch_size}{', TTA' if self.tta else ''}")
 
-    def _model_call(self, batch: torch.Tensor) -> torch.Tensor:
-        """(b, channels, chunk) in the file's channel count -> (b, stems, channels, chunk)."""
+    # ---- the model on one batch of chunks ------------------------------------------------------------------------
+
+    def separate_chunks(self, batch: torch.Tensor) -> torch.Tensor:
+        """(b, channels, chunk) in the file's channel count -> (b, stems, channels, chunk), float32."""
         channels = batch.shape[1]
         if channels == self.model_channels:
             model_input = batch
@@ -237,8 +111,7 @@ class Separator:
             model_input = batch.expand(-1, 2, -1)
         else:  # stereo file, mono model: each channel on its own
             model_input = batch.reshape(-1, 1, batch.shape[-1])
-        dtype = PRECISIONS[self.precision]
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             out = self.model(model_input).float()
         if out.ndim == 3:  # one stem
             out = out.unsqueeze(1)
@@ -248,160 +121,228 @@ class Separator:
             return out.mean(dim=2, keepdim=True)
         return out.reshape(batch.shape[0], channels, out.shape[1], -1).transpose(1, 2)
 
-    def _stream(self, blocks, length: int, progress=None):
-        separate = tta_separate(self._model_call) if self.tta else self._model_call
-        yield from overlap_add(blocks, length, separate, chunk=self.chunk_size, num_overlap=self.num_overlap,
-                               batch_size=self.batch_size, device=self.device, progress=progress)
+    # ---- streams of blocks at the file's rate --------------------------------------------------------------------
 
-    def separate(self, audio: torch.Tensor, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
+    def stem_blocks(self, mix: Iterator[torch.Tensor], sample_rate: int, frames: int, channels: int,
+                    progress: Callable[[float], None] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Separate a mix given as (channels, n) float32 blocks at `sample_rate`, `frames` samples in all; yields
+        {stem: (channels, n)} blocks at the same rate, `frames` samples in all. `progress(seconds)` is called with
+        each stretch of separated audio."""
+        model_rate_mix = resample(mix, sample_rate, self.sample_rate, channels)
+        length = resampled_length(frames, sample_rate, self.sample_rate)
+        model_call = tta_separate(self.separate_chunks) if self.tta else self.separate_chunks
+        separated = overlap_add(model_rate_mix, length, model_call, chunk=self.chunk_size,
+                                num_overlap=self.num_overlap, batch_size=self.batch_size, device=self.device,
+                                progress=None if progress is None else lambda n: progress(n / self.sample_rate))
+        flat = (block.reshape(-1, block.shape[-1]) for block in separated)  # (stems x channels, n)
+        at_file_rate = fit_stream_length(resample(flat, self.sample_rate, sample_rate, len(self.stems) * channels),
+                                         frames)
+        yield from split_stems(at_file_rate, self.stems, channels)
+
+    def separate(self, audio, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
         """audio (channels, samples) or (samples,) at `sample_rate` (default: the model's) -> {stem: tensor of the
-        same shape and rate}."""
-        from .audio import resampled
-
+        same shape and rate}. NaN and infinite samples are replaced by 0, with a warning."""
+        if not isinstance(audio, torch.Tensor):
+            raise TypeError(f"audio must be a torch.Tensor shaped (channels, samples), got {type(audio).__name__} "
+                            "(for a numpy array, pass torch.from_numpy(array))")
+        if audio.ndim not in (1, 2):
+            raise ValueError(f"audio must be shaped (channels, samples) or (samples,), got shape {tuple(audio.shape)}")
+        if sample_rate is not None and (not isinstance(sample_rate, int) or sample_rate <= 0):
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
         squeeze = audio.ndim == 1
         audio = audio.reshape(1, -1) if squeeze else audio
         check_channels(audio.shape[0])
         if audio.shape[-1] == 0:
             raise ValueError("the audio is empty (0 samples)")
-        sample_rate = sample_rate or self.sample_rate
-        mix = clean_samples(audio.float().cpu())
-        if sample_rate != self.sample_rate:
-            mix = torch.from_numpy(next(resampled(iter([mix.numpy()]), sample_rate, self.sample_rate, len(mix))))
-        out = torch.cat(list(self._stream(iter([mix]), mix.shape[-1])), dim=-1)
-        if sample_rate != self.sample_rate:
-            flat = out.reshape(-1, out.shape[-1]).numpy()
-            flat = next(resampled(iter([flat]), self.sample_rate, sample_rate, len(flat)))
-            out = fit_length(torch.from_numpy(flat), audio.shape[-1]).reshape(*out.shape[:2], -1)
-        stems = {name: out[index] for index, name in enumerate(self.stems)}
-        return {name: stem[0] if squeeze else stem for name, stem in stems.items()}
+        cleaned = CleanBlocks([audio.detach().float().cpu().numpy()])
+        blocks = list(self.stem_blocks(iter(cleaned), sample_rate or self.sample_rate, audio.shape[-1],
+                                       audio.shape[0]))
+        if cleaned.replaced:
+            warnings.warn(f"{cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
+        stems = {stem: torch.cat([block[stem] for block in blocks], dim=-1) for stem in self.stems}
+        return {stem: audio[0] if squeeze else audio for stem, audio in stems.items()}
 
+    # ---- files ---------------------------------------------------------------------------------------------------
 
-    def output_paths(self, track: Path, out_dir: Path, template: str, output_format: str,
-                     stems: list[str] | None, instrumental: bool) -> dict[str, Path]:
-        """{output name: path} for a track; names are model stems, plus "instrumental" (the mix minus the target)."""
-        from .audio import OUTPUT_FORMATS
-
+    def output_names(self, stems: list[str] | None = None, instrumental: bool = False) -> list[str]:
+        """The outputs asked for: model stems, plus "instrumental" (the mixture minus the target stem)."""
         names = list(stems or self.stems)
-        unknown = [name for name in names if name not in self.stems]
+        known = [*self.stems, "instrumental"]
+        unknown = [name for name in names if name not in known]
         if unknown:
-            raise ValueError(f"unknown stem(s) {unknown}: this model gives {self.stems}")
+            raise ValueError(f"unknown stem(s) {', '.join(unknown)}: this model gives {', '.join(self.stems)} "
+                             "(and instrumental)")
         if instrumental and "instrumental" not in names:
             names.append("instrumental")
+        return list(dict.fromkeys(names))
+
+    def output_paths(self, track: Track, out_dir: Path, template: str, output_format: str,
+                     names: list[str]) -> dict[str, Path]:
+        """{output name: path} for a track; the template's fields are TEMPLATE_FIELDS."""
         extension = OUTPUT_FORMATS[output_format][0]
-        return {name: out_dir / template.format(track=track.stem, stem=name, ext=extension) for name in names}
+        fields = dict(model=self.name, track=track.name, relpath=track.relpath, ext=extension)
+        return {name: Path(out_dir) / template.format(**fields, stem=name) for name in names}
 
-    def separate_file(self, path, out_dir, *, template: str = "{track}/{stem}.{ext}", output_format: str = "wav32f",
+    def separate_file(self, path, out_dir, *, template: str = DEFAULT_TEMPLATE, output_format: str = "wav32f",
                       stems: list[str] | None = None, instrumental: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> list[Path]:
-        """Separate one audio file into stem files (at the file's rate, length and channel count), streaming in
-        blocks; returns the paths written. Existing outputs raise FileExistsError unless `overwrite`."""
-        from tqdm import tqdm
-
-        from .audio import AtomicWriter, AudioReader, resampled, resampled_length
-
+                      progress: bool | Callable[[float, float], None] = True, track: Track | None = None
+                      ) -> FileResult:
+        """Separate one audio file into stem files at the file's rate, length and channel count, streaming in
+        blocks. Outputs that exist are kept (FileExistsError when all do) unless `overwrite`; the missing ones are
+        written. `progress`: a tqdm bar (True), nothing (False), or `progress(done_seconds, total_seconds)`."""
+        check_template(template)
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
         path = Path(path)
-        outputs = self.output_paths(path, Path(out_dir), template, output_format, stems, instrumental)
-        existing = [str(target) for target in outputs.values() if target.exists()]
-        if existing and not overwrite:
-            raise FileExistsError(f"outputs exist (use --overwrite to replace them): {', '.join(existing)}")
-        target = "vocals" if "vocals" in self.stems else self.stems[0]
-        model_stems = [name for name in outputs if name != "instrumental"]
-        if "instrumental" in outputs and target not in model_stems:
-            model_stems.append(target)  # needed for the instrumental, not written
+        if not path.is_file():
+            raise FileNotFoundError(f"no such audio file: {path}")
+        track = track or Track.of(path)
+        outputs = self.output_paths(track, Path(out_dir), template, output_format, self.output_names(stems, instrumental))
+        if not overwrite:
+            missing = {name: file for name, file in outputs.items() if not file.exists()}
+            if not missing:
+                raise FileExistsError(f"outputs exist (use --overwrite to replace them): "
+                                      f"{', '.join(map(str, outputs.values()))}")
+            outputs = missing
         with AudioReader(path) as reader:
             info = reader.info
             check_channels(info.channels)
-            length = resampled_length(info.frames, info.sample_rate, self.sample_rate)
-            mix_queue = deque()  # file-rate mix blocks not yet matched with output (for the instrumental)
-            replaced = 0
-
-            def file_blocks():
-                nonlocal replaced
-                for block in reader.blocks():
-                    block = torch.from_numpy(block)
-                    replaced += int((~torch.isfinite(block)).sum())
-                    block = clean_samples(block)
-                    if "instrumental" in outputs:
-                        mix_queue.append(block)
-                    yield block.numpy()
-
-            def model_rate_blocks():
-                for block in resampled(file_blocks(), info.sample_rate, self.sample_rate, info.channels):
-                    yield torch.from_numpy(block)
-
-            def separated_blocks():
-                for separated in self._stream(model_rate_blocks(), length, progress=bar.update):
-                    chosen = torch.stack([separated[self.stems.index(name)] for name in model_stems])
-                    yield chosen.reshape(-1, separated.shape[-1]).numpy()
-
-            def output_blocks():
-                """{name: (channels, n)} at the file's rate; the instrumental is the file's mix minus the target,
-                so the two add up to the original exactly."""
-                written = 0
-                for block in resampled(separated_blocks(), self.sample_rate, info.sample_rate,
-                                       len(model_stems) * info.channels):
-                    block = torch.from_numpy(block[:, : info.frames - written])
-                    written += block.shape[-1]
-                    yield self._split_outputs(block, model_stems, outputs, target, mix_queue, info.channels)
-                if written < info.frames:  # resampling can come up a few samples short
-                    silence = torch.zeros(len(model_stems) * info.channels, info.frames - written)
-                    yield self._split_outputs(silence, model_stems, outputs, target, mix_queue, info.channels)
-
-            writers = {}
-            bar = tqdm(total=length, unit="sample", unit_scale=True, desc=path.name, disable=not progress,
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+            seconds = info.frames / info.sample_rate
+            cleaned = CleanBlocks(reader.blocks())
+            for_model, for_instrumental = itertools.tee(cleaned)
+            bar = FileProgress(progress, path.name, seconds)
             try:
-                writers = {name: AtomicWriter(file, info.sample_rate, info.channels, output_format)
-                           for name, file in outputs.items()}
-                written, start = 0, time.perf_counter()
-                for blocks in output_blocks():
-                    for name, writer in writers.items():
-                        writer.write(blocks[name].numpy())
-                    written += blocks[name].shape[-1]
-                    speed = written / info.sample_rate / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix_str(f"{speed:.1f} audio-s/s")
-                for writer in writers.values():
-                    writer.commit()
-            except BaseException:
-                for writer in writers.values():
-                    writer.abort()
-                raise
+                stem_blocks = self.stem_blocks(for_model, info.sample_rate, info.frames, info.channels, bar.advance)
+                if "instrumental" in outputs:
+                    stem_blocks = with_instrumental(stem_blocks, for_instrumental, self.target)
+                write_stems(stem_blocks, outputs, info.sample_rate, info.channels, output_format)
             finally:
                 bar.close()
-        if replaced:
-            warnings.warn(f"{path}: {replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
-        return list(outputs.values())
+        if cleaned.replaced:
+            warnings.warn(f"{path}: {cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
+        return FileResult(list(outputs.values()), seconds)
 
-    @staticmethod
-    def _split_outputs(block, model_stems, outputs, target, mix_queue, channels) -> dict[str, torch.Tensor]:
-        stems = dict(zip(model_stems, block.reshape(len(model_stems), channels, -1)))
-        if "instrumental" in outputs:
-            stems["instrumental"] = take(mix_queue, block.shape[-1]) - stems[target]
-        return {name: stems[name] for name in outputs}
 
+# ---- the steps -----------------------------------------------------------------------------------------------------
+
+class CleanBlocks:
+    """The (channels, n) float32 numpy blocks of `blocks` as tensors, NaN and infinite samples replaced by 0 (a
+    model cannot separate them); `replaced` counts them."""
+
+    def __init__(self, blocks):
+        self.blocks, self.replaced = blocks, 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for block in self.blocks:
+            block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+            bad = ~torch.isfinite(block)
+            count = int(bad.sum())
+            self.replaced += count
+            yield block.masked_fill(bad, 0.0) if count else block
+
+
+def resample(blocks: Iterator[torch.Tensor], rate_in: int, rate_out: int, channels: int) -> Iterator[torch.Tensor]:
+    """(channels, n) blocks resampled with soxr (the same samples as resampling the whole signal)."""
+    if rate_in == rate_out:
+        yield from blocks
+        return
+    for block in resampled((block.numpy() for block in blocks), rate_in, rate_out, channels):
+        yield torch.from_numpy(block)
+
+
+def fit_stream_length(blocks: Iterator[torch.Tensor], length: int) -> Iterator[torch.Tensor]:
+    """The blocks cut, or zero-padded at the end, to `length` samples in all."""
+    done, rows = 0, None
+    for block in blocks:
+        rows = block.shape[:-1]
+        block = block[..., : length - done]
+        done += block.shape[-1]
+        if block.shape[-1]:
+            yield block
+    if done < length and rows is not None:
+        yield torch.zeros(*rows, length - done)
+
+
+def split_stems(blocks: Iterator[torch.Tensor], stems: list[str], channels: int) -> Iterator[dict[str, torch.Tensor]]:
+    """(stems x channels, n) blocks -> {stem: (channels, n)}."""
+    for block in blocks:
+        yield dict(zip(stems, block.reshape(len(stems), channels, -1)))
+
+
+def with_instrumental(stem_blocks: Iterator[dict], mix: Iterator[torch.Tensor], target: str) -> Iterator[dict]:
+    """Adds "instrumental": the mixture minus the target stem, so the two add up to the mixture exactly."""
+    mix = SampleQueue(mix)
+    for block in stem_blocks:
+        yield {**block, "instrumental": mix.take(block[target].shape[-1]) - block[target]}
+
+
+class SampleQueue:
+    """Takes any number of samples from a stream of (channels, n) blocks."""
+
+    def __init__(self, blocks: Iterator[torch.Tensor]):
+        self.blocks, self.pending = iter(blocks), []
+
+    def take(self, samples: int) -> torch.Tensor:
+        pieces, needed = [], samples
+        while needed > 0:
+            block = self.pending.pop() if self.pending else next(self.blocks)
+            if block.shape[-1] > needed:
+                self.pending.append(block[..., needed:])
+                block = block[..., :needed]
+            pieces.append(block)
+            needed -= block.shape[-1]
+        return torch.cat(pieces, dim=-1)
+
+
+def write_stems(stem_blocks: Iterator[dict[str, torch.Tensor]], outputs: dict[str, Path], sample_rate: int,
+                channels: int, output_format: str):
+    """Write the outputs named in `outputs` from a stream of {name: block}; all or nothing (on any error, and on
+    Ctrl-C, no partial file and no folder made for it is left)."""
+    writers = {}
+    try:
+        for name, file in outputs.items():
+            writers[name] = AtomicWriter(file, sample_rate, channels, output_format)
+        for blocks in stem_blocks:
+            for name, writer in writers.items():
+                writer.write(blocks[name].numpy())
+        for writer in writers.values():
+            writer.commit()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+
+
+class FileProgress:
+    """Progress through one file: a tqdm bar (progress=True, with audio-seconds per second), a callable
+    `progress(done_seconds, total_seconds)`, or nothing (False)."""
+
+    def __init__(self, progress, name: str, total_seconds: float):
+        from tqdm import tqdm
+
+        self.callback = progress if callable(progress) else None
+        self.total, self.done = total_seconds, 0.0
+        self.bar = tqdm(total=round(total_seconds, 2), unit="audio-s", desc=name, disable=progress is not True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}, {rate_fmt}")
+
+    def advance(self, seconds: float):
+        self.done = min(self.done + seconds, self.total)
+        self.bar.update(round(self.done, 2) - self.bar.n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self):
+        self.bar.close()
+
+
+# ---- checks --------------------------------------------------------------------------------------------------------
 
 def check_channels(channels: int):
     if channels not in (1, 2):
         raise ValueError(f"audio with {channels} channels is not supported: mix it down to mono or stereo first")
 
 
-def clean_samples(block: torch.Tensor) -> torch.Tensor:
-    """NaN or infinite samples become 0 (a model cannot separate them)."""
-    return torch.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def take(queue: deque, samples: int) -> torch.Tensor:
-    """The next `samples` samples of a queue of (channels, n) blocks."""
-    pieces, needed = [], samples
-    while needed > 0:
-        block = queue.popleft()
-        if block.shape[-1] > needed:
-            queue.appendleft(block[..., needed:])
-            block = block[..., :needed]
-        pieces.append(block)
-        needed -= block.shape[-1]
-    return torch.cat(pieces, dim=-1)
-
-
-def fit_length(audio: torch.Tensor, length: int) -> torch.Tensor:
-    return audio[..., :length] if audio.shape[-1] >= length else F.pad(audio, (0, length - audio.shape[-1]))
+def _positive(name: str, value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

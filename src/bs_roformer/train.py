@@ -111,7 +111,7 @@ def save_atomically(state: dict, path: Path):
 
 def validate(model, config, valid_dir: Path, device) -> dict[str, float]:
     """Mean global SDR per stem over the validation tracks, separated as `bs-roformer separate` would."""
-    from .evaluate import mixture_of, read_stems, track_folders
+    from .data.layout import mixture_of, read_stems, track_folders
     from .separate import Separator
 
     separator = Separator(model, config, device=device)

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile
 import torch
 
-from ..audio import STEM_EXTENSIONS
+from .layout import stem_file
 
 
 @dataclass
@@ -58,8 +58,7 @@ class StemChunks(torch.utils.data.Dataset):
             raise FileNotFoundError(f"dataset folder not found: {root}")
         tracks, problems = [], []
         for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-            files = {stem: next((folder / f"{stem}{ext}" for ext in STEM_EXTENSIONS
-                                 if (folder / f"{stem}{ext}").is_file()), None) for stem in self.stems}
+            files = {stem: stem_file(folder, stem) for stem in self.stems}
             missing = [stem for stem, path in files.items() if path is None]
             if missing:
                 problems.append(f"{folder.name}: missing {missing}")

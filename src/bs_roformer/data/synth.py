@@ -12,7 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import soundfile
+
+from .layout import write_track
 
 STEMS = ("vocals", "drums", "bass", "other")
 SAMPLE_RATE = 44100
@@ -161,8 +162,4 @@ def write_dataset(out: Path, tracks: int, seconds: float, seed: int = 0, sample_
 
 
 def _write_track(folder: Path, seed: int, seconds: float, sample_rate: int):
-    folder.mkdir(parents=True, exist_ok=True)
-    stems = synthesize_track(seed, seconds, sample_rate)
-    for name, audio in stems.items():
-        soundfile.write(str(folder / f"{name}.wav"), audio.T, sample_rate, subtype="FLOAT")
-    soundfile.write(str(folder / "mixture.wav"), sum(stems.values()).T, sample_rate, subtype="FLOAT")
+    write_track(folder, synthesize_track(seed, seconds, sample_rate), sample_rate)

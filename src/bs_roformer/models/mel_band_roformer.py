@@ -2,7 +2,7 @@
 
 import torch
 
-from .bands import mel_band_membership
+from ..mel import mel_band_membership
 from .roformer import Roformer, shared_options, warn_ignored
 
 
