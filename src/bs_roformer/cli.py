@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__
 from .audio import OUTPUT_FORMATS, AudioError, find_audio
 from .checkpoint import describe, load_state_dict
+from .pretrained.download import DownloadError
 
 # glibc hands large freed blocks back to the OS at once, so every chunk's big temporaries page-fault in again:
 # on CPU that costs about half the run time and makes it swing 2x. These settings keep the memory instead.
@@ -29,7 +30,14 @@ def inspect_command(args) -> int:
 
 
 def model_files(args) -> tuple:
-    """(config, checkpoint) from -c/-m, or the shipped demo model's with --demo."""
+    """(config, checkpoint) from -c/-m, a published model's with -n ID (downloaded on first use), or the shipped
+    demo model's with --demo."""
+    if args.model:
+        if args.config or args.checkpoint or args.demo:
+            raise ValueError("--model names a published model: leave out --config, --checkpoint and --demo")
+        from .pretrained import fetch
+
+        return fetch(args.model, progress=not args.quiet)
     if args.demo:
         if args.config or args.checkpoint:
             raise ValueError("--demo uses the shipped demo model: leave out --config and --checkpoint")
@@ -37,7 +45,8 @@ def model_files(args) -> tuple:
 
         return demo.CONFIG, demo.WEIGHTS
     if not (args.config and args.checkpoint):
-        raise ValueError("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo")
+        raise ValueError("give the model as --model ID (see `bs-roformer models`), as --config CONFIG.yaml "
+                         "--checkpoint WEIGHTS, or use --demo")
     return args.config, args.checkpoint
 
 
@@ -126,10 +135,37 @@ def train_command(args) -> int:
     from .train import train
 
     config = load_config(args.config)
-    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=args.init,
+    init = args.init
+    if init and not Path(init).exists():  # not a file: a published model's id
+        from .pretrained import fetch
+
+        init = fetch(init, progress=not args.quiet)[1]
+    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=init,
                    device=resolve_device(args.device), progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one report
         print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
+    return 0
+
+
+def models_command(args) -> int:
+    from .pretrained import list_models, models_table
+
+    entries = list_models(stem=args.stem, architecture=args.arch)
+    if args.json:
+        import json
+
+        print(json.dumps(entries, indent=1, ensure_ascii=False))
+    else:
+        print(models_table(entries))
+    return 0
+
+
+def pull_command(args) -> int:
+    from .pretrained import fetch
+
+    for model_id in args.ids:
+        config, checkpoint = fetch(model_id, progress=not args.quiet)
+        print(f"{model_id}: {checkpoint} (config {config})")
     return 0
 
 
@@ -162,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     separate = commands.add_parser("separate", help="split songs into stems")
     separate.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
+    separate.add_argument("-n", "--model", metavar="ID", help="a published model by name (`bs-roformer models`), "
+                          "downloaded and verified on first use")
     separate.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
     separate.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
     separate.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package "
@@ -188,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score separations: global SDR, museval cSDR, SI-SDR, "
                                    "bleedless/fullness")
+    evaluate.add_argument("-n", "--model", metavar="ID", help="a published model by name, to separate --data first")
     evaluate.add_argument("-c", "--config", help="the model's YAML config, to separate --data first")
     evaluate.add_argument("-m", "--checkpoint", help="the model's weights, to separate --data first")
     evaluate.add_argument("--demo", action="store_true", help="separate --data with the shipped demo model")
@@ -210,10 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
     train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
-    train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
+    train.add_argument("--init", help="start from these weights (fine-tuning): a checkpoint file or a published "
+                       "model's id")
     train.add_argument("-d", "--device", default="auto")
     train.add_argument("-q", "--quiet", action="store_true")
     train.set_defaults(run=train_command)
+
+    models = commands.add_parser("models", help="list the published models that can be used by name (-n ID)")
+    models.add_argument("--stem", help="only models with this stem (vocals, instrum, drums, ...)")
+    models.add_argument("--arch", help="only this architecture: bs_roformer (bs) or mel_band_roformer (mel)")
+    models.add_argument("--json", action="store_true", help="print the entries as JSON, with a 'cached' field")
+    models.set_defaults(run=models_command)
+
+    pull = commands.add_parser("pull", help="download published models into the cache (verified by sha256)")
+    pull.add_argument("ids", nargs="+", metavar="ID", help="model ids, as `bs-roformer models` lists them")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pull.set_defaults(run=pull_command)
 
     synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout")
     synth.add_argument("--out", type=Path, required=True, help="output folder (one folder per track)")
@@ -231,7 +282,7 @@ def main(argv=None) -> int:
         use_fast_allocator_settings()
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, DownloadError) as error:
         print(f"bs-roformer {args.command}: error: {error}", file=sys.stderr)
         return 1
 

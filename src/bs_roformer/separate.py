@@ -379,6 +379,14 @@ class Separator:
             stems["instrumental"] = take(mix_queue, block.shape[-1]) - stems[target]
         return {name: stems[name] for name in outputs}
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, progress: bool = True, **options) -> "Separator":
+        """A published model by its registry id (`bs-roformer models`), downloaded and sha256-checked on first use."""
+        from .pretrained import fetch
+
+        config, checkpoint = fetch(model_id, progress=progress)
+        return cls.from_files(config, checkpoint, **options)
+
 
 def check_channels(channels: int):
     if channels not in (1, 2):

@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .download import DownloadError, download, sha256_of
+from .download import DownloadError, download_file, sha256_of
 
 FOLDER = Path(__file__).parent
 PACKAGE_REGISTRY = FOLDER / "registry.json"
@@ -149,7 +149,7 @@ def _ensure_file(path: Path, urls: list[str], sha256: str | None, size: int | No
     if offline():
         raise DownloadError(f"{model_id} is not in the cache ({path}) and BS_ROFORMER_OFFLINE is set: "
                             f"run `bs-roformer pull {model_id}` with network access first")
-    download(urls, path, sha256=sha256, size=size, progress=progress, label=f"{model_id}: {path.name}")
+    download_file(urls, path, sha256=sha256, size=size, progress=progress, label=f"{model_id}: {path.name}")
     if sha256 is not None:
         marker.write_text(sha256)
     return path
@@ -170,6 +170,48 @@ def fetch(model_id: str, progress: bool = True) -> tuple[Path, Path]:
     weights = _ensure_file(checkpoint_path(entry), checkpoint["urls"], checkpoint["sha256"], checkpoint["size"],
                            model_id, progress)
     return Path(config), weights
+
+
+ARCHITECTURE_SHORT = {"bs": "bs_roformer", "mel": "mel_band_roformer"}
+
+
+def list_models(stem: str | None = None, architecture: str | None = None) -> list[dict]:
+    """Registered entries (supported first, then by id), filtered, each with `cached` added."""
+    architecture = ARCHITECTURE_SHORT.get(architecture, architecture)
+    entries = [{**entry, "cached": is_cached(entry)} for entry in load_registry().values()
+               if (stem is None or stem in entry["stems"]) and (architecture is None
+                                                                or entry["architecture"] == architecture)]
+    return sorted(entries, key=lambda entry: (entry["unsupported"] is not None, entry["id"]))
+
+
+def _headline_score(entry: dict) -> str:
+    """One score, as `vocals sdr 10.98 (MVSEP multisong)`: the target stem's first, SDR first, MVSEP's first."""
+    if not entry["scores"]:
+        return ""
+    score = min(entry["scores"], key=lambda score: (score["stem"] != entry["target"], score["metric"] != "sdr",
+                                                     not score["source"].startswith("MVSEP")))
+    return f"{score['stem']} {score['metric']} {score['value']:g} ({score['source'].split(' (')[0]})"
+
+
+def models_table(entries: list[dict]) -> str:
+    """A plain-text table: id, architecture, stems (the target first, marked *), size, a score, cached; then the
+    entries this package cannot run, with the reason."""
+    rows = [("id", "arch", "stems", "MB", "score", "cached")]
+    unsupported = []
+    for entry in entries:
+        if entry["unsupported"]:
+            unsupported.append(f"  {entry['id']}: {entry['unsupported']}")
+            continue
+        stems = [f"{stem}*" if stem == entry["target"] else stem for stem in entry["stems"]]
+        size = entry["checkpoint"]["size"]
+        rows.append((entry["id"], entry["architecture"].split("_")[0], ",".join(stems)[:40],
+                     f"{size / 1e6:.0f}" if size else "?", _headline_score(entry), "yes" if entry["cached"] else ""))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"{len(rows) - 1} models; * marks the target stem (--instrumental writes the mix minus it)")
+    if unsupported:
+        lines += [f"{len(unsupported)} listed but not supported here:", *unsupported]
+    return "\n".join(lines)
 
 
 @contextmanager

@@ -11,18 +11,16 @@ import os
 import time
 from pathlib import Path
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-BLOCK = 1 << 20
+BLOCK = 1 << 16  # a read cut off mid-block loses that block, so blocks stay small
 ATTEMPTS = 5  # transfers per URL, each resuming where the last one stopped
 BACKOFF_SECONDS = 1.0  # wait before attempt k (k >= 1): BACKOFF_SECONDS * 2 ** (k - 1)
 TIMEOUT_SECONDS = (15, 60)  # connect, read (between bytes)
 
 
 class DownloadError(OSError):
-    """A file could not be fetched or did not verify; the message names the file, the URL and what to do."""
+    """A file could not be fetched or did not verify; the message names the file, the URL and what to do.
+
+    An OSError, as a failed transfer is; the command line reports it in one line."""
 
 
 def sha256_of(path: Path) -> str:
@@ -33,7 +31,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _session() -> requests.Session:
+def _session():
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
     # urllib3 retries connection failures and 429/5xx answers (with back-off, honouring Retry-After);
     # failures in the middle of a body are resumed by `download` itself.
     retry = Retry(total=4, backoff_factor=BACKOFF_SECONDS, status_forcelist=(429, 500, 502, 503, 504),
@@ -45,7 +47,7 @@ def _session() -> requests.Session:
     return session
 
 
-def _transfer(session: requests.Session, url: str, part: Path, progress: bool, label: str) -> int | None:
+def _transfer(session, url: str, part: Path, progress: bool, label: str) -> int | None:
     """Append the rest of `url` to `part`; return the total size the server announced (None if it did not)."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
@@ -69,7 +71,7 @@ def _transfer(session: requests.Session, url: str, part: Path, progress: bool, l
     return total
 
 
-def download(urls: list[str], destination: str | Path, *, sha256: str | None = None, size: int | None = None,
+def download_file(urls: list[str], destination: str | Path, *, sha256: str | None = None, size: int | None = None,
              progress: bool = True, label: str | None = None) -> Path:
     """Fetch the first of `urls` that works into `destination` (resuming `destination.part`), check its size and
     sha256 when known, and rename it into place. A file that fails the check is removed."""
@@ -77,6 +79,8 @@ def download(urls: list[str], destination: str | Path, *, sha256: str | None = N
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
     label = label or destination.name
+    import requests  # here, so that importing this module (for DownloadError) stays cheap
+
     session = _session()
     problems = []
     for url in urls:
