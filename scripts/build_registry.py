@@ -23,6 +23,7 @@ model gains an option flips the entries that needed it.
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -39,11 +40,15 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "bs_roformer" / "pretrained"
 ZERO_DC_ADDED = "2025-09-23"
 KNOWN_OLD_AUTHORS = ("viperx", "kimberley jensen", "kimberleyjensen")  # trained in 2024, before zero_dc
 ARCHITECTURES = {"bs_roformer": "bs_roformer", "mel_roformer": "mel_band_roformer"}
-ID_ARCH = {"bs_roformer": "bs", "mel_band_roformer": "mel"}
+ID_ARCH = {"bs_roformer": "bs", "mel_band_roformer": "mel", "bs_conformer": "bs-conformer",
+           "mel_band_conformer": "mel-conformer"}
 NO_DIRECT_DOWNLOAD = ("drive.google.com", "mega.nz", "disk.yandex.ru")
-# splifft keys with no MSST counterpart that only choose numerics or training behaviour
+# splifft keys written elsewhere in the YAML (chunk_size, stems, bands, head), implied by the architecture
+# (norm_output), or choosing only splifft's numerics and training behaviour (its fp16 guards: RMSNorm eps, rotary and
+# residual dtypes); MSST's model has none of the latter
 SPLIFFT_DROPPED = ("chunk_size", "output_stem_names", "band_config", "norm_output", "use_torch_checkpoint",
-                   "rotary_embed_dtype", "transformer_residual_dtype", "debug", "mask_estimator", "ff_mult")
+                   "rms_norm_eps", "rotary_embed_dtype", "transformer_residual_dtype", "debug", "mask_estimator",
+                   "ff_mult")
 
 
 # ---------- reading the inputs ----------
@@ -145,6 +150,11 @@ def splifft_to_msst(config: dict, architecture: str, stems: list[str]) -> dict:
         if key not in model and key not in SPLIFFT_DROPPED and key not in ("mask_estimator_depth", "stereo"):
             model[key] = value
     overlap = (config.get("waveform_chunking") or {}).get("overlap_ratio", 0.5)
+    inference = dict(batch_size=(config.get("inference") or {}).get("batch_size", 1),
+                     num_overlap=max(1, round(1 / (1 - overlap))) if overlap < 1 else 1,
+                     chunk_size=source["chunk_size"])
+    if (config.get("normalization") or {}).get("enabled"):
+        inference["normalize"] = True  # MSST's key for separating the loudness-normalised mix
     training = dict(model_type=architecture, instruments=list(stems))
     if len(stems) == 1:
         training["target_instrument"] = stems[0]
@@ -152,9 +162,7 @@ def splifft_to_msst(config: dict, architecture: str, stems: list[str]) -> dict:
         audio=dict(chunk_size=source["chunk_size"], sample_rate=sample_rate, num_channels=2 if model["stereo"] else 1),
         model=model,
         training=training,
-        inference=dict(batch_size=(config.get("inference") or {}).get("batch_size", 1),
-                       num_overlap=max(1, round(1 / (1 - overlap))) if overlap < 1 else 1,
-                       chunk_size=source["chunk_size"]),
+        inference=inference,
     )
 
 
@@ -182,7 +190,7 @@ def read_splifft(wheel: Path) -> list[dict]:
         )
         if len(checkpoints) > 1:
             record["unsupported"] = f"split into {len(checkpoints)} checkpoint files"
-        config_id = entry.get("config_id")
+        config_id = (entry.get("config_id") or "").removeprefix(".")
         msst_config = next((resource["url"] for resource in entry["resources"] if resource["kind"] == "config_msst"),
                            None)
         record["_msst_config_url"] = msst_config
@@ -239,8 +247,9 @@ def read_msst_table(markdown: str) -> list[dict]:
 
 def msst_architecture(kind: str) -> str:
     lowered = kind.lower()
-    if "roformer" in lowered:
-        return "mel_band_roformer" if "mel" in lowered else "bs_roformer"
+    for family in ("roformer", "conformer"):
+        if family in lowered:
+            return ("mel_band_" if "mel" in lowered else "bs_") + family
     return re.sub(r"[^a-z0-9]+", "_", " ".join(lowered.split()[:2])).strip("_")
 
 
@@ -424,7 +433,7 @@ def build(args) -> dict:
         else:
             record["config"] = None
         if record["unsupported"] is None and record["checkpoint"]["size"]:
-            elements = sum(__import__("math").prod(shape) for shape in record["_shapes"].values())
+            elements = sum(math.prod(shape) for shape in record["_shapes"].values())
             width = 4 if record["checkpoint"]["size"] >= elements * 4 else 2
             overheads.append((record["checkpoint"]["size"] - elements * width, len(record["_shapes"]), record["id"]))
         entry = {key: value for key, value in record.items() if not key.startswith("_")}

@@ -287,3 +287,20 @@ def test_the_build_script_marks_an_option_this_package_lacks_as_unsupported():
     record["_config"]["model"].pop("use_pope")
     record["_config"]["training"]["model_type"] = "bs_roformer_experimental"
     assert script.judge(record) == "model type bs_roformer_experimental"
+
+
+def test_evaluate_and_train_take_a_model_name(user_registry, tmp_path, monkeypatch, capsys):
+    import bs_roformer.train
+
+    track = tmp_path / "test" / "song"
+    track.mkdir(parents=True)
+    for stem in ("vocals", "other"):
+        soundfile.write(track / f"{stem}.wav", torch.randn(11025, 2).numpy() * 0.1, 44100)
+    assert main(["evaluate", "-n", "tiny-bs-test", "--data", str(tmp_path / "test"), "-q"]) == 0
+    assert "vocals" in capsys.readouterr().out
+    given = {}
+    monkeypatch.setattr(bs_roformer.train, "train", lambda *args, **options: given.update(options) or {"step": 0})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "test"), "--out",
+                 str(tmp_path / "run"), "--init", "tiny-bs-test", "-q"]) == 0
+    assert given["init_checkpoint"] == fetch("tiny-bs-test")[1]

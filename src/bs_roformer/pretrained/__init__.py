@@ -22,7 +22,9 @@ from .download import DownloadError, download_file, sha256_of
 FOLDER = Path(__file__).parent
 PACKAGE_REGISTRY = FOLDER / "registry.json"
 FORMAT = 1
-ROFORMER_ARCHITECTURES = ("bs_roformer", "mel_band_roformer")
+# MSST's model types of the Roformer family; which of them this package builds is decided by trying (the build script)
+ROFORMER_ARCHITECTURES = ("bs_roformer", "mel_band_roformer", "bs_roformer_experimental",
+                          "mel_band_roformer_experimental", "bs_conformer", "mel_band_conformer")
 ENTRY_FIELDS = {  # field: (types, required)
     "id": (str, True), "name": (str, True), "architecture": (str, True), "stems": (list, True),
     "target": ((str, type(None)), True), "config": ((str, type(None)), True),
