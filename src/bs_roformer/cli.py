@@ -45,8 +45,8 @@ def model_files(args) -> tuple:
 
         return demo.CONFIG, demo.WEIGHTS
     if not (args.config and args.checkpoint):
-        raise ValueError("give the model as --model ID (see `bs-roformer models`), as --config CONFIG.yaml "
-                         "--checkpoint WEIGHTS, or use --demo")
+        raise ValueError("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo, or name a "
+                         "published model with --model ID (`bs-roformer models` lists them)")
     return args.config, args.checkpoint
 
 

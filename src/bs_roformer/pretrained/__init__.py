@@ -222,7 +222,7 @@ def parameters_on_meta():
 
     Each parameter moves to meta as it is registered, before its layer initialises it; buffers and the band
     layout (computed from real tensors in the constructors) stay on the CPU, so a 228 M-parameter model builds in
-    a fraction of a second."""
+    a fraction of a second. It swaps `Module.register_parameter` for the duration: not for use across threads."""
     import torch
 
     register = torch.nn.Module.register_parameter
