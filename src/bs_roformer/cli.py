@@ -36,7 +36,14 @@ def inspect_command(args) -> int:
 
 
 def model_files(args) -> tuple:
-    """(config, checkpoint) from -c/-m, or the shipped demo model's with --demo."""
+    """(config, checkpoint) from -c/-m, a published model's with -n ID (downloaded on first use), or the shipped
+    demo model's with --demo."""
+    if args.model:
+        if args.config or args.checkpoint or args.demo:
+            raise ValueError("--model names a published model: leave out --config, --checkpoint and --demo")
+        from .pretrained import fetch
+
+        return fetch(args.model, progress=not args.quiet)
     if args.demo:
         if args.config or args.checkpoint:
             raise ValueError("--demo uses the shipped demo model: leave out --config and --checkpoint")
@@ -44,7 +51,8 @@ def model_files(args) -> tuple:
 
         return demo.CONFIG, demo.WEIGHTS
     if not (args.config and args.checkpoint):
-        raise ValueError("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo")
+        raise ValueError("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo, or name a "
+                         "published model with --model ID (`bs-roformer models` lists them)")
     return args.config, args.checkpoint
 
 
@@ -56,7 +64,7 @@ def load_separator(args, **options):
     device = resolve_device(args.device)
     resolve_precision(args.precision, device)
     config, checkpoint = model_files(args)
-    name = "demo" if args.demo else Path(checkpoint).stem
+    name = args.model or ("demo" if args.demo else Path(checkpoint).stem)
     return Separator.from_files(config, checkpoint, args.model_type, device=device, precision=args.precision,
                                 batch_size=args.batch_size, name=name, **options)
 
@@ -174,10 +182,37 @@ def train_command(args) -> int:
     from .train import train
 
     config = load_config(args.config)
-    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=args.init,
+    init = args.init
+    if init and not Path(init).exists():  # not a file: a published model's id
+        from .pretrained import fetch
+
+        init = fetch(init, progress=not args.quiet)[1]
+    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=init,
                    device=resolve_device(args.device), progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one report
         print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
+    return 0
+
+
+def models_command(args) -> int:
+    from .pretrained import list_models, models_table
+
+    entries = list_models(stem=args.stem, architecture=args.arch)
+    if args.json:
+        import json
+
+        print(json.dumps(entries, indent=1, ensure_ascii=False))
+    else:
+        print(models_table(entries))
+    return 0
+
+
+def pull_command(args) -> int:
+    from .pretrained import fetch
+
+    for model_id in args.ids:
+        config, checkpoint = fetch(model_id, progress=not args.quiet)
+        print(f"{model_id}: {checkpoint} (config {config})")
     return 0
 
 
@@ -201,15 +236,19 @@ def positive_int(text: str) -> int:
 
 EPILOG = """examples:
   bs-roformer separate --demo --instrumental          the shipped demo model on its demo clip
+  bs-roformer models --stem vocals                     published models, by name
+  bs-roformer separate song.flac -n kim-mel-vocals --instrumental
   bs-roformer separate song.flac -c config.yaml -m model.ckpt --instrumental
   bs-roformer inspect model.ckpt --yaml > config.yaml  a config for a checkpoint that came without one
 
-Models: a published model is an MSST-style YAML config plus its checkpoint, from the model's page; --demo is a small
-model shipped in the package, trained on synthetic songs."""
+Models: -n ID names a published model (downloaded, sha256-checked and cached on first use); -c/-m give an MSST-style
+YAML config and its checkpoint; --demo is a small model shipped in the package, trained on synthetic songs."""
 
 
 def add_model_options(parser: argparse.ArgumentParser):
-    """-c/-m/--demo and how the model runs: the options separate and evaluate share."""
+    """-n/-c/-m/--demo and how the model runs: the options separate and evaluate share."""
+    parser.add_argument("-n", "--model", metavar="ID", help="a published model by name (`bs-roformer models`), "
+                        "downloaded and verified on first use")
     parser.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
     parser.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
     parser.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package")
@@ -285,10 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
     train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
-    train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
+    train.add_argument("--init", help="start from these weights (fine-tuning): a checkpoint file or a published "
+                       "model's id")
     train.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
+
+    models = commands.add_parser("models", help="list the published models that can be used by name (-n ID)",
+                                 formatter_class=formatter)
+    models.add_argument("--stem", help="only models with this stem (vocals, instrum, drums, ...)")
+    models.add_argument("--arch", help="only this architecture: bs_roformer (bs) or mel_band_roformer (mel)")
+    models.add_argument("--json", action="store_true", help="print the entries as JSON, with a 'cached' field")
+    models.set_defaults(run=models_command)
+
+    pull = commands.add_parser("pull", help="download published models into the cache (verified by sha256)",
+                               formatter_class=formatter)
+    pull.add_argument("ids", nargs="+", metavar="ID", help="model ids, as `bs-roformer models` lists them")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pull.set_defaults(run=pull_command)
 
     synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout",
                                 formatter_class=formatter)
@@ -315,7 +368,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = print_warning
             return args.run(args)
-    except (FileNotFoundError, ValueError, AudioError) as error:
+    except (OSError, ValueError, AudioError) as error:  # OSError: also failed downloads and unwritable paths
         print(f"bs-roformer {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

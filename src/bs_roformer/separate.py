@@ -94,6 +94,14 @@ class Separator:
 
         return cls.from_files(demo.CONFIG, demo.WEIGHTS, name="demo", **options)
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, progress: bool = True, **options) -> "Separator":
+        """A published model by its registry id (`bs-roformer models`), downloaded and sha256-checked on first use."""
+        from .pretrained import fetch
+
+        config, checkpoint = fetch(model_id, progress=progress)
+        return cls.from_files(config, checkpoint, name=model_id, **options)
+
     def describe(self) -> str:
         """One line for a run's header: the model, its stems, device, precision and chunking."""
         return (f"{self.name}: {', '.join(self.stems)} | {self.device}, {self.precision} ({self.precision_reason}) | "
