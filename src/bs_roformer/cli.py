@@ -141,6 +141,18 @@ def synth_command(args) -> int:
     return 0
 
 
+def web_command(args) -> int:
+    try:
+        import fastapi, matplotlib, uvicorn  # noqa: F401, E401  (the web extra)
+    except ImportError as error:
+        raise ValueError(f"the web page needs the web extra ({error.name} is missing): "
+                         'pip install -e ".[web]"') from None
+    from .web import serve
+
+    serve(args.host, args.port, args.max_upload_mb)
+    return 0
+
+
 def _duration(path: Path) -> float:
     import soundfile
 
@@ -222,12 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="same seed, same songs")
     synth.add_argument("-j", "--jobs", type=int, default=1, help="processes writing songs (same songs for any number)")
     synth.set_defaults(run=synth_command)
+
+    web = commands.add_parser("web", help="a local web page: upload songs, separate, listen, download")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                     "only; any other prints a warning)")
+    web.add_argument("--port", type=int, default=7860)
+    web.add_argument("--max-upload-mb", type=float, default=1024, help="largest upload accepted (default 1024 MB)")
+    web.set_defaults(run=web_command)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.command == "separate":
+    if argv is None and args.command in ("separate", "web"):
         use_fast_allocator_settings()
     try:
         return args.run(args)

@@ -292,9 +292,10 @@ class Separator:
 
     def separate_file(self, path, out_dir, *, template: str = "{track}/{stem}.{ext}", output_format: str = "wav32f",
                       stems: list[str] | None = None, instrumental: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> list[Path]:
+                      progress: bool | Callable[[float, float], None] = True) -> list[Path]:
         """Separate one audio file into stem files (at the file's rate, length and channel count), streaming in
-        blocks; returns the paths written. Existing outputs raise FileExistsError unless `overwrite`."""
+        blocks; returns the paths written. Existing outputs raise FileExistsError unless `overwrite`. `progress`:
+        True for a progress bar, or a callable called as `progress(done_seconds, total_seconds)` of audio."""
         from tqdm import tqdm
 
         from .audio import AtomicWriter, AudioReader, resampled, resampled_length
@@ -329,8 +330,17 @@ class Separator:
                 for block in resampled(file_blocks(), info.sample_rate, self.sample_rate, info.channels):
                     yield torch.from_numpy(block)
 
+            separated_samples = 0
+
+            def advance(samples: int):
+                nonlocal separated_samples
+                separated_samples += samples
+                bar.update(samples)
+                if callable(progress):
+                    progress(separated_samples / self.sample_rate, length / self.sample_rate)
+
             def separated_blocks():
-                for separated in self._stream(model_rate_blocks(), length, progress=bar.update):
+                for separated in self._stream(model_rate_blocks(), length, progress=advance):
                     chosen = torch.stack([separated[self.stems.index(name)] for name in model_stems])
                     yield chosen.reshape(-1, separated.shape[-1]).numpy()
 
@@ -348,7 +358,7 @@ class Separator:
                     yield self._split_outputs(silence, model_stems, outputs, target, mix_queue, info.channels)
 
             writers = {}
-            bar = tqdm(total=length, unit="sample", unit_scale=True, desc=path.name, disable=not progress,
+            bar = tqdm(total=length, unit="sample", unit_scale=True, desc=path.name, disable=progress is not True,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
             try:
                 writers = {name: AtomicWriter(file, info.sample_rate, info.channels, output_format)
