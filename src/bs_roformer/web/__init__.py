@@ -3,7 +3,6 @@
 FastAPI + uvicorn serve a static page (static/index.html, app.js) and a small JSON API (app.py); one worker thread
 runs the jobs with the same Separator as the CLI (jobs.py). Needs the `web` extra: `pip install -e ".[web]"`."""
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,5 @@ def serve(host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 1024
           f"{workdir}, deleted at exit; Ctrl+C stops)", flush=True)
     try:
         uvicorn.run(create_app(jobs, int(max_upload_mb * 2**20)), host=host, port=port, log_level="warning")
-    finally:
-        jobs.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    finally:  # the app's shutdown closes the queue; this covers a server that failed to start (port in use)
+        jobs.close()

@@ -1,6 +1,7 @@
 """The HTTP side: a FastAPI app serving the page (static/), uploads, jobs and their files. Route functions only
 translate HTTP to the JobQueue (request.app.state.jobs) and back."""
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -119,8 +120,15 @@ def job_zip(request: Request, job_id: str):
     return FileResponse(request.app.state.jobs.zip_path(job), filename=f"stems-{job_id}.zip")
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    yield
+    app.state.jobs.close()  # here, not after uvicorn.run: on SIGTERM uvicorn re-raises the signal, which kills at once
+
+
 def create_app(jobs: JobQueue, max_upload_bytes: int) -> FastAPI:
-    app = FastAPI(title="bs-roformer", docs_url=None, redoc_url=None)
+    """The app over `jobs`; the server's shutdown closes the queue and deletes its working folder."""
+    app = FastAPI(title="bs-roformer", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.jobs, app.state.max_upload_bytes = jobs, max_upload_bytes
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

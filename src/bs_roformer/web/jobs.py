@@ -207,8 +207,10 @@ class JobQueue:
             partial.replace(archive)
         return archive
 
-    def stop(self):
+    def close(self):
+        """Stop the worker after its current job and delete the working folder (called at server shutdown)."""
         self.pending.put(None)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- the worker --
 

@@ -57,7 +57,7 @@ def demo_choice() -> ModelChoice:
     from .. import demo
     from ..config import load_config, stem_names
 
-    return ModelChoice(DEMO, "Demo vocal model (trained on synthetic songs only)",
+    return ModelChoice(DEMO, "Demo vocal model (synthetic songs)",
                        tuple(stem_names(load_config(demo.CONFIG))), "vocals SDR 8.2 dB on synthetic test songs")
 
 

@@ -70,7 +70,7 @@ def write_spectrogram(path: Path, png: Path, title: str, reference_power: float 
     peak = float(power.max())
     reference = reference_power or peak or 1.0
     decibels = 10 * torch.log10(log_frequency_rows(power, sample_rate) / reference + 1e-20)
-    figure = Figure(figsize=(6.4, 2.0), dpi=100)
+    figure = Figure(figsize=(6.4, 1.7), dpi=100)
     axes = figure.add_subplot()
     top = math.log10(sample_rate / 2)
     image = axes.imshow(decibels.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-DB_RANGE, vmax=0,
