@@ -105,6 +105,35 @@ def test_page_separation_gives_the_stems_of_the_cli(server, tmp_path):
     assert archive.read("song/vocals.wav") == server.client.get(stems["vocals"]["audio"]).content
 
 
+def test_separate_file_reports_progress_in_seconds_to_a_callable(tmp_path):
+    from bs_roformer.separate import Separator
+
+    calls = []
+    Separator.demo(device="cpu").separate_file(synthetic_song(tmp_path / "song.wav", 2.5), tmp_path / "out",
+                                               progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) > 1 and all(total == pytest.approx(2.5) for _, total in calls)
+    done = [done for done, _ in calls]
+    assert done == sorted(done) and done[0] > 0 and done[-1] == pytest.approx(2.5)
+
+
+def test_registry_entries_plug_in_at_the_hook(server, tmp_path, monkeypatch):
+    from bs_roformer.web import models
+
+    entry = models.ModelChoice("fake-vocals", "A registry model", ("vocals",), "vocals sdr 9.9 (somewhere)", False)
+    monkeypatch.setattr(models, "registry_choices", lambda: [entry])
+    monkeypatch.setattr(models, "registry_files", lambda model_id: (demo.CONFIG, demo.WEIGHTS))
+    menu = server.client.get("/api/models").json()["models"]
+    assert [model["id"] for model in menu] == ["demo", "fake-vocals", "local"]
+    assert menu[1] == {"id": "fake-vocals", "label": "A registry model", "stems": ["vocals"],
+                       "score": "vocals sdr 9.9 (somewhere)", "cached": False}
+    job = server.run_job([server.upload(synthetic_song(tmp_path / "song.wav", 0.5))], model="fake-vocals")
+    assert job["state"] == "done" and [stem["name"] for stem in job["files"][0]["stems"]] == ["vocals"]
+    monkeypatch.undo()
+    unknown = server.client.post("/api/jobs", json={"uploads": [server.upload(tmp_path / "song.wav")],
+                                                    "model": "fake-vocals"})
+    assert unknown.status_code == 400 and "unknown model 'fake-vocals'" in unknown.json()["detail"]
+
+
 def test_bad_files_fail_on_the_page_and_leave_nothing(server, tmp_path):
     truncated = tmp_path / "cut.flac"  # valid header, data cut at 7.5 s: fails mid-separation
     clip = demo.CLIP.read_bytes()
@@ -239,5 +268,14 @@ def test_the_page_in_headless_chromium(server, tmp_path):
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.set_window_size(1200, driver.execute_script("return document.documentElement.scrollHeight") + 140)
         driver.save_screenshot(str(screenshot))  # the whole page
+
+        not_audio = tmp_path / "notes.txt"  # a second job, with a file that is not audio: its error on the page
+        not_audio.write_text("not a song\n" * 10)
+        driver.find_element(By.ID, "file-input").send_keys(str(not_audio))
+        driver.find_element(By.ID, "start").click()
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".job .file .error"))
+        newest = driver.find_elements(By.CSS_SELECTOR, ".job")[0]
+        assert newest.find_element(By.CSS_SELECTOR, ".file .error").text.startswith("notes.txt: libsndfile cannot")
+        WebDriverWait(driver, 10).until(lambda d: newest.find_element(By.CSS_SELECTOR, ".state").text == "failed")
     finally:
         driver.quit()

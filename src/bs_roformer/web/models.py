@@ -4,7 +4,6 @@ A choice is named by an id: `demo` (the model shipped in the package), `local` (
 machine, given as paths), or the id of a registry entry. The registry plugs in at the two functions under "registry
 hook" below and nowhere else."""
 
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,11 +99,10 @@ def available_devices() -> list[str]:
 
 
 class LoadedModel:
-    """The one model kept in memory, reused while jobs ask for the same files on the same device. Precision,
-    overlap and TTA are per-job Separator settings over the same weights, so they do not reload it."""
+    """The one model kept in memory (used by the job worker only), reused while jobs ask for the same files on the
+    same device. Precision, overlap and TTA are per-job Separator settings over the same weights: no reload."""
 
     def __init__(self):
-        self._lock = threading.Lock()
         self._key = None
         self._model = self._config = None
 
@@ -113,9 +111,8 @@ class LoadedModel:
 
         config_path, checkpoint_path = model_files(spec)
         key = (str(config_path.resolve()), str(checkpoint_path.resolve()), str(device))
-        with self._lock:
-            if key != self._key:
-                self._key = self._model = self._config = None  # free the old model before loading the new one
-                model, config = load_model(config_path, checkpoint_path)
-                self._model, self._config, self._key = model.to(device), config, key
-            return self._model, self._config
+        if key != self._key:
+            self._key = self._model = self._config = None  # free the old model before loading the new one
+            model, config = load_model(config_path, checkpoint_path)
+            self._model, self._config, self._key = model.to(device), config, key
+        return self._model, self._config
