@@ -192,6 +192,18 @@ def test_uploads_over_the_limit_are_refused_while_streaming(tmp_path):
     assert not limited.workdir.exists()  # the server's working folder is deleted at shutdown
 
 
+def test_stopping_the_server_stops_a_running_job_and_deletes_its_folder(tmp_path):
+    stopping = LoopbackServer(tmp_path / "server")
+    job_id = stopping.client.post("/api/jobs", json={"uploads": [stopping.upload(demo.CLIP)]}).json()["id"]
+    deadline = time.monotonic() + 60
+    while stopping.client.get(f"/api/jobs/{job_id}").json()["files"][0]["done_seconds"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stopping.stop()
+    assert not stopping.thread.is_alive() and not stopping.app.state.jobs.worker.is_alive()
+    assert not stopping.workdir.exists()
+
+
 def test_file_names_and_paths_stay_inside_the_working_folder(server, tmp_path):
     assert safe_name("../../etc/passwd") == "passwd"
     assert safe_name("..\\..\\song.wav") == "song.wav"

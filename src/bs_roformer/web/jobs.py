@@ -23,6 +23,10 @@ UPLOAD_LIFETIME_S = 3600  # uploads no job claimed are deleted after this
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+class ServerClosing(Exception):
+    """Raised in the worker to stop a separation when the server shuts down."""
+
+
 def safe_name(name: str) -> str:
     """An uploaded file name reduced to its last path part, with letters, digits, '.', '-', '_' and spaces only and
     no leading dot (so no '..', no folders, no hidden files)."""
@@ -69,7 +73,8 @@ class Job:
 
 def error_message(error: BaseException, task: FileTask | None = None) -> str:
     """One line for the page: expected errors as they read, others with their type; server paths become names."""
-    text = str(error) if isinstance(error, (AudioError, ValueError, OSError)) else f"{type(error).__name__}: {error}"
+    expected = isinstance(error, (AudioError, ValueError, OSError, ServerClosing))
+    text = str(error) if expected else f"{type(error).__name__}: {error}"
     if task is not None:
         text = text.replace(str(task.source), task.name)
     return text.splitlines()[0] if text else type(error).__name__
@@ -84,6 +89,7 @@ class JobQueue:
         self.jobs: dict[str, Job] = {}  # in submission order
         self.lock = threading.Lock()
         self.pending: queue.Queue = queue.Queue()
+        self.closing = threading.Event()
         self.model = LoadedModel()
         self.worker = threading.Thread(target=self._work, name="separation worker", daemon=True)
         self.worker.start()
@@ -208,14 +214,18 @@ class JobQueue:
         return archive
 
     def close(self):
-        """Stop the worker after its current job and delete the working folder (called at server shutdown)."""
+        """Stop the worker (a running separation stops at its next progress report, its files removed), then delete
+        the working folder. Called at server shutdown; joining the worker first means no thread is inside torch when
+        the interpreter exits (which aborts the process)."""
+        self.closing.set()
         self.pending.put(None)
+        self.worker.join(timeout=60)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- the worker --
 
     def _work(self):
-        while (job := self.pending.get()) is not None:
+        while (job := self.pending.get()) is not None and not self.closing.is_set():
             try:
                 self._run(job)
             except Exception as error:  # a bug must not kill the only worker: fail the job, keep serving
@@ -251,6 +261,8 @@ class JobQueue:
         start = time.perf_counter()
 
         def report(done_seconds: float, total_seconds: float):
+            if self.closing.is_set():
+                raise ServerClosing("the server stopped before this file was done")
             with self.lock:
                 task.done_seconds, task.total_seconds = done_seconds, total_seconds
                 task.speed = done_seconds / max(time.perf_counter() - start, 1e-9)
@@ -268,7 +280,7 @@ class JobQueue:
                 write_spectrogram(path, spectrograms[path.stem], path.stem, reference_power=peak)
         except Exception as error:
             shutil.rmtree(task.out_dir, ignore_errors=True)  # no partial results
-            if not isinstance(error, (AudioError, ValueError, OSError)):
+            if not isinstance(error, (AudioError, ValueError, OSError, ServerClosing)):
                 traceback.print_exc()
             with self.lock:
                 task.state, task.error = "failed", error_message(error, task)
