@@ -18,9 +18,9 @@ def serve(host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 1024
     from .jobs import JobQueue
 
     if host not in LOOPBACK:
-        print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can upload files and "
-              "run models on it (there is no login); use the default 127.0.0.1 to keep it to this machine",
-              file=sys.stderr)
+        print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can upload files, "
+              "run models and name this machine's files as a local model (there is no login); use the default "
+              "127.0.0.1 to keep it to this machine", file=sys.stderr)
     workdir = Path(tempfile.mkdtemp(prefix="bs-roformer-web-"))
     jobs = JobQueue(workdir)
     print(f"bs-roformer web: open http://{host}:{port} (uploads up to {max_upload_mb:g} MB; working folder "
