@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio import OUTPUT_FORMATS, AudioError
-from .models import LoadedModel, ModelSpec, check_spec, model_files
+from .models import LoadedModel, ModelSpec, check_spec
 from .spectrogram import write_spectrogram
 
 JOBS_KEPT = 10  # finished jobs whose files are kept; older ones are deleted when a new job comes
@@ -130,6 +130,8 @@ class JobQueue:
 
         if not upload_ids:
             raise ValueError("choose at least one audio file")
+        if len(set(upload_ids)) != len(upload_ids):
+            raise ValueError("an upload is listed twice: upload the file again to separate it twice")
         if settings.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
         if settings.output_format not in OUTPUT_FORMATS:
@@ -200,7 +202,7 @@ class JobQueue:
         """A zip of all the job's stems, `<track>/<stem>.<ext>` (made once, atomically)."""
         archive = job.folder / "stems.zip"
         if not archive.exists():
-            partial = archive.with_name("stems.zip.part")
+            partial = archive.with_name(f"stems.zip.{uuid.uuid4().hex}.part")  # two requests at once: two files
             tracks = set()
             with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as out:
                 for task in job.files:

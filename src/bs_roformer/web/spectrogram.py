@@ -2,6 +2,7 @@
 the channels averaged, time columns max-pooled to at most MAX_COLUMNS, frequencies on log-spaced rows, drawn in dB
 by matplotlib."""
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -54,7 +55,7 @@ def log_frequency_rows(power: torch.Tensor, sample_rate: int) -> torch.Tensor:
     bins, bin_hz = power.shape[0], sample_rate / N_FFT
     edges = torch.logspace(math.log10(LOWEST_HZ), math.log10(sample_rate / 2), ROWS + 1, dtype=torch.float64)
     rows = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         first = min(int(torch.ceil(low / bin_hz)), bins - 1)
         last = max(int(torch.floor(high / bin_hz)), first)
         rows.append(power[first : last + 1].amax(dim=0))
