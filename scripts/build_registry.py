@@ -379,13 +379,12 @@ def judge(record: dict) -> str | None:
     config = record["_config"]
     try:
         shapes = state_shapes(config)
-    except TypeError as error:
-        match = re.search(r"unknown model option '(\w+)' \(= (.*)\)", str(error))
-        if not match:
-            return f"config does not build: {error}"
-        key, value = match.groups()
-        return f"needs model option {key}" if value == "True" else f"needs model option {key}={value.strip(chr(39))}"
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
+        match = re.search(r"unknown model option model\.(\w+) \(= (.*)\) for", str(error))
+        if match:
+            key, value = match.groups()
+            return f"needs model option {key}" if value == "True" else \
+                f"needs model option {key}={value.strip(chr(39))}"
         model_type = (config.get("training") or {}).get("model_type")
         if model_type and "is not supported" in str(error):
             return f"model type {model_type}"

@@ -206,7 +206,7 @@ def test_separate_by_model_name_end_to_end(user_registry, tmp_path, capsys):
     song = tmp_path / "song.wav"
     soundfile.write(song, torch.randn(11025, 2).numpy() * 0.1, 44100)
     assert main(["separate", str(song), "-n", "tiny-bs-test", "-o", str(tmp_path / "out"), "-q"]) == 0
-    vocals, rate = soundfile.read(tmp_path / "out" / "song" / "vocals.wav")
+    vocals, rate = soundfile.read(tmp_path / "out" / "tiny-bs-test" / "song" / "vocals.wav")
     assert rate == 44100 and vocals.shape == (11025, 2)
     capsys.readouterr()
     assert main(["models", "--json"]) == 0

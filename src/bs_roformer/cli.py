@@ -216,6 +216,18 @@ def pull_command(args) -> int:
     return 0
 
 
+def web_command(args) -> int:
+    try:
+        import fastapi, matplotlib, uvicorn  # noqa: F401, E401  (the web extra)
+    except ImportError as error:
+        raise ValueError(f"the web page needs the web extra ({error.name} is missing): "
+                         'pip install -e ".[web]"') from None
+    from .web import serve
+
+    serve(args.host, args.port, args.max_upload_mb)
+    return 0
+
+
 def synth_command(args) -> int:
     from .data.synth import write_dataset
 
@@ -343,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pull.set_defaults(run=pull_command)
 
+    web = commands.add_parser("web", help="a local web page: upload songs, separate, listen, download",
+                              formatter_class=formatter)
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only; "
+                     "another address exposes the page, with no login, to the network)")
+    web.add_argument("--port", type=int, default=7860, help="port to listen on")
+    web.add_argument("--max-upload-mb", type=float, default=1024, help="largest upload accepted, in MB")
+    web.set_defaults(run=web_command)
+
     synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout",
                                 formatter_class=formatter)
     synth.add_argument("--out", type=Path, required=True, help="output folder (one folder per track)")
@@ -362,7 +382,7 @@ def print_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.command in ("separate", "evaluate"):
+    if argv is None and args.command in ("separate", "evaluate", "web"):
         use_fast_allocator_settings()
     try:
         with warnings.catch_warnings():

@@ -186,7 +186,7 @@ def list_models(stem: str | None = None, architecture: str | None = None) -> lis
     return sorted(entries, key=lambda entry: (entry["unsupported"] is not None, entry["id"]))
 
 
-def _headline_score(entry: dict) -> str:
+def headline_score(entry: dict) -> str:
     """One score, as `vocals sdr 10.98 (MVSEP multisong)`: the target stem's first, SDR first, MVSEP's first."""
     if not entry["scores"]:
         return ""
@@ -207,7 +207,7 @@ def models_table(entries: list[dict]) -> str:
         stems = [f"{stem}*" if stem == entry["target"] else stem for stem in entry["stems"]]
         size = entry["checkpoint"]["size"]
         rows.append((entry["id"], entry["architecture"].split("_")[0], ",".join(stems)[:40],
-                     f"{size / 1e6:.0f}" if size else "?", _headline_score(entry), "yes" if entry["cached"] else ""))
+                     f"{size / 1e6:.0f}" if size else "?", headline_score(entry), "yes" if entry["cached"] else ""))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"{len(rows) - 1} models; * marks the target stem (--instrumental writes the mix minus it)")
