@@ -286,3 +286,19 @@ def test_other_formats_go_through_ffmpeg(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tools}:{__import__('os').environ['PATH']}")
     written = make_separator().separate_file(path, tmp_path / "out", progress=False).paths
     assert soundfile.info(str(written[0])).frames == audio.shape[-1]
+
+
+@pytest.mark.parametrize("instrumental", [False, True])
+def test_file_memory_does_not_grow_with_the_length(tmp_path, instrumental):
+    """Peak Python-tracked memory (the decoded numpy blocks) separating 12 s and 96 s files: the same few blocks."""
+    import tracemalloc
+
+    separator = Separator(Identity(), IDENTITY_CONFIG, device="cpu", precision="fp32", batch_size=16)
+    peaks = []
+    for seconds in (12, 96):
+        path = write_wav(tmp_path / f"song{seconds}.wav", np.tile(song(seconds=1.0), seconds))
+        tracemalloc.start()
+        separator.separate_file(path, tmp_path / "out", instrumental=instrumental, progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.3 * peaks[0], peaks  # a buffer of the whole file would be 8x
