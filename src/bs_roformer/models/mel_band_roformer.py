@@ -48,6 +48,7 @@ class MelBandRoformer(Roformer):
         use_torch_checkpoint: bool = False,
         skip_connection: bool = False,
         add_value_residual: bool = False,
+        use_pope: bool = False,
         **ignored,
     ):
         warn_ignored(ignored)

@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from .attention import RMSNorm, RotaryEmbedding, Transformer
+from .attention import PolarEmbedding, RMSNorm, RotaryEmbedding, Transformer
 from .bands import BandSplit, MaskEstimator, band_feature_indices
 from .loss import MultiResolutionSTFTLoss, roformer_loss
 from .stft import STFT
@@ -27,6 +27,7 @@ SHARED_OPTIONS = (
     "stft_hop_length", "stft_win_length", "stft_normalized", "stft_window_fn", "zero_dc", "mlp_expansion_factor",
     "multi_stft_resolution_loss_weight", "multi_stft_resolutions_window_sizes", "multi_stft_hop_size",
     "multi_stft_normalized", "multi_stft_window_fn", "use_torch_checkpoint", "skip_connection", "add_value_residual",
+    "use_pope",
 )
 
 
@@ -50,7 +51,7 @@ class Roformer(nn.Module):
         stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn, zero_dc,
         mask_linear_layers, mlp_expansion_factor, multi_stft_resolution_loss_weight,
         multi_stft_resolutions_window_sizes, multi_stft_hop_size, multi_stft_normalized, multi_stft_window_fn,
-        use_torch_checkpoint, skip_connection, add_value_residual, transformer_norms, final_norm,
+        use_torch_checkpoint, skip_connection, add_value_residual, use_pope, transformer_norms, final_norm,
     ):
         super().__init__()
         self.stereo = stereo
@@ -60,16 +61,22 @@ class Roformer(nn.Module):
         self.skip_connection = skip_connection
         self.stft = STFT(stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn)
 
-        time_rotary, freq_rotary = RotaryEmbedding(dim_head), RotaryEmbedding(dim_head)
+        # one position module per axis, shared by all its layers: rotary, or polar with `use_pope` (MSST)
+        if use_pope:
+            time_positions = dict(pope_embed=PolarEmbedding(dim_head, heads))
+            freq_positions = dict(pope_embed=PolarEmbedding(dim_head, heads))
+        else:
+            time_positions = dict(rotary_embed=RotaryEmbedding(dim_head))
+            freq_positions = dict(rotary_embed=RotaryEmbedding(dim_head))
         common = dict(dim=dim, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
                       norm_output=transformer_norms, flash_attn=flash_attn, grad_checkpoint=use_torch_checkpoint)
         self.layers = nn.ModuleList()
         for block in range(depth):
             axes = [
-                Transformer(depth=time_transformer_depth, rotary_embed=time_rotary, value_residual=add_value_residual,
-                            holds_first_values=block == 0, **common),
-                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rotary, value_residual=add_value_residual,
-                            holds_first_values=block == 0, **common),
+                Transformer(depth=time_transformer_depth, value_residual=add_value_residual,
+                            holds_first_values=block == 0, **time_positions, **common),
+                Transformer(depth=freq_transformer_depth, value_residual=add_value_residual,
+                            holds_first_values=block == 0, **freq_positions, **common),
             ]
             if linear_transformer_depth > 0:
                 axes.insert(0, Transformer(depth=linear_transformer_depth, linear_attn=True, **common))
@@ -85,7 +92,8 @@ class Roformer(nn.Module):
         )
         # each bin's mask is the mean over the bands that contain it (1 everywhere for BS-RoFormer)
         all_indices = torch.cat(feature_indices)
-        bands_per_feature = torch.zeros(num_features).index_add_(0, all_indices, torch.ones(len(all_indices)))
+        bands_per_feature = torch.zeros(num_features, device="cpu").index_add_(
+            0, all_indices, torch.ones(len(all_indices), device="cpu"))
         self.register_buffer("inverse_band_count", 1.0 / bands_per_feature, persistent=False)
         self.averages_overlaps = bool((bands_per_feature > 1).any())
 
