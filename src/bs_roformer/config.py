@@ -13,8 +13,18 @@ import yaml
 
 from .checkpoint import infer_config, load_state_dict
 from .models import BSRoformer, MelBandRoformer
+from .models.conformer import BSConformer, MelBandConformer
+from .models.experimental import BSRoformerExperimental, MelBandRoformerExperimental
 
-MODEL_CLASSES = {"bs_roformer": BSRoformer, "mel_band_roformer": MelBandRoformer}
+# training.model_type -> class; the names are MSST's
+MODEL_CLASSES = {
+    "bs_roformer": BSRoformer,
+    "mel_band_roformer": MelBandRoformer,
+    "bs_roformer_experimental": BSRoformerExperimental,
+    "mel_band_roformer_experimental": MelBandRoformerExperimental,
+    "bs_conformer": BSConformer,
+    "mel_band_conformer": MelBandConformer,
+}
 
 
 class _ConfigLoader(yaml.SafeLoader):

@@ -129,8 +129,8 @@ class Attention(nn.Module):
         self.pope_embed = pope_embed
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_gates = nn.Linear(dim, heads)
         self.to_value_residual_mix = nn.Linear(dim, heads) if value_residual else None
+        self.to_gates = nn.Linear(dim, heads)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim, bias=False), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, first_values: torch.Tensor | None = None):

@@ -14,6 +14,11 @@ class MelBandRoformer(Roformer):
     with its own RMSNorm. The output has `hop * (samples // hop)` samples unless `match_input_audio_length`.
     """
 
+    # Linear layers of the mask MLP beyond `mask_estimator_depth`, and whether each transformer ends with an RMSNorm:
+    # fixed by the published layout; MSST's Mel conformer (a subclass) differs in both
+    EXTRA_MASK_LAYERS = 1
+    TRANSFORMER_NORMS = True
+
     def __init__(
         self,
         dim: int,
@@ -52,14 +57,18 @@ class MelBandRoformer(Roformer):
         **ignored,
     ):
         warn_ignored(ignored)
-        if mask_estimator_depth < 0:
-            raise ValueError(f"mask_estimator_depth must be >= 0 for MelBandRoformer, got {mask_estimator_depth}")
-        membership = mel_band_membership(sample_rate, stft_n_fft, num_bands)
+        if mask_estimator_depth + self.EXTRA_MASK_LAYERS < 1:
+            raise ValueError(f"mask_estimator_depth must be >= {1 - self.EXTRA_MASK_LAYERS} for "
+                             f"{type(self).__name__}, got {mask_estimator_depth}")
+        membership = self.band_membership(sample_rate, stft_n_fft, num_bands)
         band_bins = [row.nonzero().flatten().tolist() for row in membership]
         self.num_bands, self.sample_rate = num_bands, sample_rate
         self.match_input_audio_length = match_input_audio_length
-        super().__init__(**shared_options(locals()), band_bins=band_bins, mask_linear_layers=mask_estimator_depth + 1,
-                         transformer_norms=True, final_norm=False)
+        super().__init__(**shared_options(locals()), band_bins=band_bins,
+                         mask_linear_layers=mask_estimator_depth + self.EXTRA_MASK_LAYERS,
+                         transformer_norms=self.TRANSFORMER_NORMS, final_norm=False)
+
+    band_membership = staticmethod(mel_band_membership)
 
     def _istft_length(self, samples: int) -> int | None:
         return samples if self.match_input_audio_length else None

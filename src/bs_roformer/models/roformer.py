@@ -73,10 +73,8 @@ class Roformer(nn.Module):
         self.layers = nn.ModuleList()
         for block in range(depth):
             axes = [
-                Transformer(depth=time_transformer_depth, value_residual=add_value_residual,
-                            holds_first_values=block == 0, **time_positions, **common),
-                Transformer(depth=freq_transformer_depth, value_residual=add_value_residual,
-                            holds_first_values=block == 0, **freq_positions, **common),
+                self._axis_transformer(block, time_transformer_depth, time_positions, common, add_value_residual),
+                self._axis_transformer(block, freq_transformer_depth, freq_positions, common, add_value_residual),
             ]
             if linear_transformer_depth > 0:
                 axes.insert(0, Transformer(depth=linear_transformer_depth, linear_attn=True, **common))
@@ -102,6 +100,11 @@ class Roformer(nn.Module):
             multi_stft_resolutions_window_sizes, multi_stft_hop_size, stft_n_fft, multi_stft_normalized,
             multi_stft_window_fn,
         )
+
+    def _axis_transformer(self, block: int, depth: int, positions: dict, common: dict, add_value_residual: bool):
+        """The time or frequency transformer of `block`; the variants (experimental, conformer) build their own."""
+        return Transformer(depth=depth, value_residual=add_value_residual, holds_first_values=block == 0,
+                           **positions, **common)
 
     # ---- input checks -------------------------------------------------------------------------------------------
 
