@@ -1,9 +1,13 @@
 """The Roformer variants (issue 16) beyond what the parity fixtures check: plain paths, published sizes, init."""
 
+import pytest
 import torch
 
 from bs_roformer import BSRoformer, MelBandRoformer
+from bs_roformer.checkpoint import describe, infer_config
+from bs_roformer.config import MODEL_CLASSES, load_model, model_type_of
 from bs_roformer.models.attention import LinearAttention
+from bs_roformer.models.bands import DEFAULT_FREQS_PER_BANDS
 from conftest import with_deterministic_weights
 
 
@@ -40,3 +44,84 @@ def test_pope_at_the_viperx_size_on_meta():
         polar = BSRoformer(**viperx, use_pope=True)
     assert parameter_count(rotary) == 159_758_092
     assert parameter_count(polar) == 159_758_092 - 2 * 32 + 2 * 8 * 64
+
+
+# ---- inspect: each variant recognised from a bare checkpoint ---------------------------------------------------------
+
+INSPECT_CASES = [
+    ("bs_roformer", dict(use_pope=True)),
+    ("mel_band_roformer", dict(use_pope=True, num_bands=8, linear_transformer_depth=1)),
+    ("bs_roformer_experimental", dict(use_value_residual_learning=True)),
+    ("bs_roformer_experimental", dict(num_residual_streams=2)),
+    ("mel_band_roformer_experimental", dict(num_bands=8, num_residual_streams=3, use_value_residual_learning=True)),
+    ("bs_conformer", dict(time_conformer_depth=1, freq_conformer_depth=2, ff_mult=2, conv_kernel_size=7)),
+    ("mel_band_conformer", dict(num_bands=8, linear_conformer_depth=1, conv_expansion_factor=1,
+                                mask_estimator_depth=2)),
+]
+
+
+@pytest.mark.parametrize("model_type, options", INSPECT_CASES)
+def test_infer_config_recognises_the_variant_and_rebuilds_it(model_type, options):
+    model = MODEL_CLASSES[model_type](16, depth=2, heads=2, dim_head=8, **options)
+    config = infer_config(model.state_dict())
+    assert config.pop("model_type") == model_type
+    for key, value in options.items():
+        assert config[key] == value, key
+    implied = {key: value for key, value in config.items() if key not in ("stft_n_fft", "sample_rate")}
+    rebuilt = MODEL_CLASSES[model_type](**implied)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert f"parameters: {parameter_count(model):,}" in describe(model.state_dict())
+
+
+@pytest.mark.parametrize("model_type, options", INSPECT_CASES)
+def test_load_model_selects_the_variant_from_config_keys_or_checkpoint(model_type, options):
+    """A config without training.model_type: the variant's own keys (or, for PoPE, the class's keys plus the
+    checkpoint) select it, and the checkpoint loads strictly."""
+    bands = {"freqs_per_bands": DEFAULT_FREQS_PER_BANDS} if model_type.startswith("bs") else {}
+    model_options = dict(dim=16, depth=2, heads=2, dim_head=8, **bands, **options)
+    state = MODEL_CLASSES[model_type](**model_options).state_dict()
+    assert model_type_of({"model": model_options}, state) == model_type
+    model, _ = load_model({"model": model_options}, state)
+    assert type(model) is MODEL_CLASSES[model_type]
+    assert model_type_of({"model": {"dim": 16}}, state) == model_type  # nothing in the config: the checkpoint says
+
+
+def test_variant_options_are_refused_where_msst_refuses_them():
+    with pytest.raises(TypeError, match="zero_dc"):
+        MODEL_CLASSES["bs_roformer_experimental"](16, depth=1, zero_dc=True)
+    with pytest.raises(ValueError, match="linear_transformer_depth"):
+        MODEL_CLASSES["mel_band_roformer_experimental"](16, depth=1, num_bands=8, linear_transformer_depth=1)
+    with pytest.raises(TypeError, match="time_conformer_depth"):
+        MODEL_CLASSES["bs_conformer"](16, depth=1, time_transformer_depth=1)
+    with pytest.raises(ValueError, match="odd"):
+        MODEL_CLASSES["mel_band_conformer"](16, depth=1, num_bands=8, conv_kernel_size=4)
+
+
+# ---- published sizes, built on the meta device --------------------------------------------------------------------
+# counts of `parameters()` of MSST's own classes at its pinned commit (see tests/fixtures/make_reference.py), built
+# from MSST's configs/config_vocals_{bs,mel_band}_conformer.yaml and the viperx / Kim sizes with each variant's options
+
+VIPERX = dict(dim=512, depth=12, stereo=True, time_transformer_depth=1, freq_transformer_depth=1, stft_hop_length=441,
+              mask_estimator_depth=2)
+KIM = dict(dim=384, depth=6, stereo=True, time_transformer_depth=1, freq_transformer_depth=1, num_bands=60,
+           stft_hop_length=441, mask_estimator_depth=2)
+MSST_CONFORMER_VOCALS = dict(dim=256, depth=12, stereo=True, time_conformer_depth=1, freq_conformer_depth=1,
+                             stft_hop_length=441, mask_estimator_depth=2, ff_mult=4, conv_expansion_factor=2,
+                             conv_kernel_size=31, dim_freqs_in=1025, sage_attention=False)
+PUBLISHED_SIZES = [
+    ("bs_roformer", dict(VIPERX, use_pope=True), 159_759_052),
+    ("mel_band_roformer", dict(KIM, use_pope=True), 228_203_812),
+    ("bs_roformer_experimental", dict(VIPERX, use_value_residual_learning=True, num_residual_streams=4), 160_021_660),
+    ("mel_band_roformer_experimental", dict(KIM, use_value_residual_learning=True, num_residual_streams=4),
+     228_298_788),
+    ("bs_conformer", MSST_CONFORMER_VOCALS, 73_567_244),
+    ("mel_band_conformer", dict(MSST_CONFORMER_VOCALS, num_bands=60), 81_843_652),
+]
+
+
+@pytest.mark.filterwarnings("ignore:model option")
+@pytest.mark.parametrize("model_type, options, count", PUBLISHED_SIZES)
+def test_variant_builds_on_meta_with_msst_parameter_count(model_type, options, count):
+    with torch.device("meta"):
+        model = MODEL_CLASSES[model_type](**options)
+    assert parameter_count(model) == count

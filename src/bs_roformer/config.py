@@ -49,18 +49,32 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
+# model keys that only a variant takes, so that a config without training.model_type still selects it
+CONFORMER_KEYS = ("time_conformer_depth", "freq_conformer_depth", "linear_conformer_depth", "conv_kernel_size",
+                  "conv_expansion_factor")
+EXPERIMENTAL_KEYS = ("use_value_residual_learning", "num_residual_streams")
+
+
+def _model_type_from_keys(model: dict) -> str | None:
+    kind = "bs" if "freqs_per_bands" in model else "mel" if "num_bands" in model else None
+    if kind is None:
+        return None
+    if any(key in model for key in CONFORMER_KEYS):
+        return {"bs": "bs_conformer", "mel": "mel_band_conformer"}[kind]
+    if any(key in model for key in EXPERIMENTAL_KEYS):
+        return {"bs": "bs_roformer_experimental", "mel": "mel_band_roformer_experimental"}[kind]
+    return {"bs": "bs_roformer", "mel": "mel_band_roformer"}[kind]
+
+
 def model_type_of(config: dict, state: dict | None = None, override: str | None = None) -> str:
     """`override`, else `training.model_type`, else what the model keys (or the checkpoint) say."""
     model_type = override or (config.get("training") or {}).get("model_type")
     if model_type is None:
-        if "freqs_per_bands" in config["model"]:
-            model_type = "bs_roformer"
-        elif "num_bands" in config["model"]:
-            model_type = "mel_band_roformer"
-        elif state is not None:
-            model_type = infer_config(state)["model_type"]
-        else:
-            raise ValueError("cannot tell the model type: set training.model_type (bs_roformer or mel_band_roformer)")
+        model_type = _model_type_from_keys(config["model"])
+    if model_type is None:
+        if state is None:
+            raise ValueError(f"cannot tell the model type: set training.model_type (one of {sorted(MODEL_CLASSES)})")
+        model_type = infer_config(state)["model_type"]
     if model_type not in MODEL_CLASSES:
         raise ValueError(f"model type {model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}")
     return model_type
