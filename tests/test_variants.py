@@ -125,3 +125,28 @@ def test_variant_builds_on_meta_with_msst_parameter_count(model_type, options, c
     with torch.device("meta"):
         model = MODEL_CLASSES[model_type](**options)
     assert parameter_count(model) == count
+
+
+# ---- fast paths ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # 6-15 s each on a loaded 2-core machine
+@pytest.mark.parametrize("model_type, options", INSPECT_CASES)
+def test_variant_transformer_stack_compiles_without_graph_breaks(model_type, options):
+    model = with_deterministic_weights(MODEL_CLASSES[model_type](16, depth=2, heads=2, dim_head=8, **options))
+    tokens = torch.randn(1, 7, len(model.band_split.band_widths), 16)
+    with torch.no_grad():
+        eager = model._transform(tokens)
+        model.compile_transformer_stack(backend="eager")  # fullgraph: a graph break raises
+        assert (model._transform(tokens) - eager).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("model_type, options", INSPECT_CASES)
+def test_variant_runs_the_plain_path_in_cpu_inference_with_the_values_of_training_mode(model_type, options):
+    """The blocked CPU inference path is the rotary transformers' own; every variant's axes run `_forward` (the plain
+    path), the same computation with and without autograd."""
+    model = with_deterministic_weights(MODEL_CLASSES[model_type](16, depth=2, heads=2, dim_head=8, **options))
+    assert not any(axis.in_blocks for axes in model.layers for axis in axes[-2:])
+    audio = torch.randn(1, 5000) * 0.3
+    with torch.no_grad():
+        inference = model(audio)
+    assert (model(audio).detach() - inference).abs().max() < 1e-5
