@@ -5,6 +5,7 @@ from itertools import accumulate
 import torch
 
 from .bands import DEFAULT_FREQS_PER_BANDS
+from .heads import build_mask_estimator
 from .roformer import Roformer, shared_options, warn_ignored
 
 
@@ -49,6 +50,7 @@ class BSRoformer(Roformer):
         skip_connection: bool = False,
         add_value_residual: bool = False,
         use_pope: bool = False,
+        mask_estimator: dict | None = None,
         **ignored,
     ):
         warn_ignored(ignored)
@@ -65,5 +67,11 @@ class BSRoformer(Roformer):
         edges = list(accumulate(freqs_per_bands, initial=0))
         band_bins = [list(range(start, end)) for start, end in zip(edges[:-1], edges[1:])]
         self.freqs_per_bands = freqs_per_bands
+        self.mask_estimator_config = mask_estimator
         super().__init__(**shared_options(locals()), band_bins=band_bins, mask_linear_layers=mask_estimator_depth,
                          transformer_norms=False, final_norm=True)
+
+    def _mask_estimator(self, dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor,
+                        flash_attn):
+        return build_mask_estimator(self.mask_estimator_config, dim, feature_indices, num_features,
+                                    mask_linear_layers, mlp_expansion_factor, flash_attn)

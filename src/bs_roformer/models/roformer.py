@@ -85,7 +85,8 @@ class Roformer(nn.Module):
         num_features = 2 * self.audio_channels * self.stft.num_bins
         self.band_split = BandSplit(dim, feature_indices, num_features)
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor)
+            self._mask_estimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor,
+                                 flash_attn)
             for _ in range(num_stems)
         )
         # each bin's mask is the mean over the bands that contain it (1 everywhere for BS-RoFormer)
@@ -105,6 +106,11 @@ class Roformer(nn.Module):
         """The time or frequency transformer of `block`; the variants (experimental, conformer) build their own."""
         return Transformer(depth=depth, value_residual=add_value_residual, holds_first_values=block == 0,
                            **positions, **common)
+
+    def _mask_estimator(self, dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor,
+                        flash_attn):
+        """One stem's mask estimator; BS-RoFormer's `mask_estimator` option selects another head."""
+        return MaskEstimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor)
 
     # ---- input checks -------------------------------------------------------------------------------------------
 
