@@ -6,6 +6,10 @@
   transformers (8 heads of 64, their own rotary positions, no output norms), then an RMSNorm, run on the
   transformer stack's output before the usual per-band MLPs.
 
+- `hyperace_residual_v1`, `hyperace_residual_v2` (the BS-RoFormer HyperACE models): a convolutional segmentation
+  network over the tokens (see hyperace.py) whose 4 maps over the bins are added to the per-band MLP masks;
+  options `num_hyperedges` (v1 16, v2 32) and `num_heads` (8). Stereo only (the maps are channel x real/imag).
+
 The only public implementation is splifft 0.0.9's; the parity fixtures come from running it.
 """
 
@@ -14,8 +18,15 @@ from torch import nn
 
 from .attention import RMSNorm, RotaryEmbedding, Transformer
 from .bands import MaskEstimator
+from .hyperace import OUT_MAPS, HyperACESegmentation
 
-MASK_ESTIMATOR_KINDS = ("baseline", "axial_refiner_large_v2")
+# kind -> the options it takes, with their defaults
+MASK_ESTIMATOR_KINDS = {
+    "baseline": {},
+    "axial_refiner_large_v2": {"axial_refiner_depth": 4},
+    "hyperace_residual_v1": {"num_hyperedges": 16, "num_heads": 8},
+    "hyperace_residual_v2": {"num_hyperedges": 32, "num_heads": 8},
+}
 
 
 class ConstantRotaryEmbedding(RotaryEmbedding):
@@ -58,19 +69,38 @@ class AxialRefinerMaskEstimator(MaskEstimator):
         return super().forward(self.norm(x))
 
 
+class HyperACEResidualMaskEstimator(MaskEstimator):
+    """The per-band MLP masks plus the HyperACE segmentation network's maps (same (bin, channel, real/imag) order)."""
+
+    def __init__(self, dim, feature_indices, num_features, num_linear, mlp_expansion_factor, *, version,
+                 num_hyperedges, num_heads):
+        super().__init__(dim, feature_indices, num_features, num_linear, mlp_expansion_factor)
+        if num_features % OUT_MAPS:
+            raise ValueError("the HyperACE mask heads need a stereo model (stereo: true): their 4 maps per bin are "
+                             "(channel, real/imag)")
+        self.segm = HyperACESegmentation(dim, len(feature_indices), num_features // OUT_MAPS, version, num_hyperedges,
+                                         num_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.segm(x.permute(0, 3, 1, 2))  # (batch, 4, frames, bins)
+        return super().forward(x) + maps.permute(0, 2, 3, 1).flatten(2)
+
+
 def build_mask_estimator(config: dict | None, dim, feature_indices, num_features, num_linear, mlp_expansion_factor,
                          flash_attn):
     """The mask estimator of one stem for the `mask_estimator` model option (None: the classic one)."""
     config = dict(config or {"kind": "baseline"})
     kind = config.pop("kind", None)
     if kind not in MASK_ESTIMATOR_KINDS:
-        raise ValueError(f"mask_estimator.kind must be one of {MASK_ESTIMATOR_KINDS}, got {kind!r}")
-    allowed = {"baseline": set(), "axial_refiner_large_v2": {"axial_refiner_depth"}}[kind]
-    if set(config) - allowed:
-        raise ValueError(f"unknown mask_estimator option(s) {sorted(set(config) - allowed)} for kind {kind!r}; "
-                         f"it takes {sorted(allowed) or 'none'}")
+        raise ValueError(f"mask_estimator.kind must be one of {sorted(MASK_ESTIMATOR_KINDS)}, got {kind!r}")
+    defaults = MASK_ESTIMATOR_KINDS[kind]
+    if set(config) - set(defaults):
+        raise ValueError(f"unknown mask_estimator option(s) {sorted(set(config) - set(defaults))} for kind {kind!r}; "
+                         f"it takes {sorted(defaults) or 'none'}")
+    options = {**defaults, **{key: value for key, value in config.items() if value is not None}}
+    common = (dim, feature_indices, num_features, num_linear, mlp_expansion_factor)
     if kind == "axial_refiner_large_v2":
-        return AxialRefinerMaskEstimator(dim, feature_indices, num_features, num_linear, mlp_expansion_factor,
-                                         axial_refiner_depth=config.get("axial_refiner_depth", 4),
-                                         flash_attn=flash_attn)
-    return MaskEstimator(dim, feature_indices, num_features, num_linear, mlp_expansion_factor)
+        return AxialRefinerMaskEstimator(*common, **options, flash_attn=flash_attn)
+    if kind.startswith("hyperace_residual_v"):
+        return HyperACEResidualMaskEstimator(*common, version=int(kind[-1]), **options)
+    return MaskEstimator(*common)
