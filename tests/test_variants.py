@@ -8,6 +8,7 @@ from bs_roformer.checkpoint import describe, infer_config
 from bs_roformer.config import MODEL_CLASSES, load_model, model_type_of
 from bs_roformer.models.attention import LinearAttention
 from bs_roformer.models.bands import DEFAULT_FREQS_PER_BANDS
+from bs_roformer.models.heads import AxialRefinerMaskEstimator
 from conftest import with_deterministic_weights
 
 
@@ -57,6 +58,11 @@ INSPECT_CASES = [
     ("bs_conformer", dict(time_conformer_depth=1, freq_conformer_depth=2, ff_mult=2, conv_kernel_size=7)),
     ("mel_band_conformer", dict(num_bands=8, linear_conformer_depth=1, conv_expansion_factor=1,
                                 mask_estimator_depth=2)),
+    ("bs_roformer", dict(mask_estimator={"kind": "axial_refiner_large_v2", "axial_refiner_depth": 2})),
+]
+HEAD_CASES = [  # the HyperACE networks are large (fixed widths): checked here without the rebuild and forward
+    {"kind": "hyperace_residual_v1", "num_hyperedges": 16},
+    {"kind": "hyperace_residual_v2", "num_hyperedges": 8},
 ]
 
 
@@ -108,6 +114,7 @@ KIM = dict(dim=384, depth=6, stereo=True, time_transformer_depth=1, freq_transfo
 MSST_CONFORMER_VOCALS = dict(dim=256, depth=12, stereo=True, time_conformer_depth=1, freq_conformer_depth=1,
                              stft_hop_length=441, mask_estimator_depth=2, ff_mult=4, conv_expansion_factor=2,
                              conv_kernel_size=31, dim_freqs_in=1025, sage_attention=False)
+UNWA = dict(dim=256, depth=12, stereo=True, time_transformer_depth=1, freq_transformer_depth=1)
 PUBLISHED_SIZES = [
     ("bs_roformer", dict(VIPERX, use_pope=True), 159_759_052),
     ("mel_band_roformer", dict(KIM, use_pope=True), 228_203_812),
@@ -116,6 +123,11 @@ PUBLISHED_SIZES = [
      228_298_788),
     ("bs_conformer", MSST_CONFORMER_VOCALS, 73_567_244),
     ("mel_band_conformer", dict(MSST_CONFORMER_VOCALS, num_bands=60), 81_843_652),
+    # unwa's heads at the size of their published models (splifft 0.0.9's configs: dim 256, depth 12); splifft's
+    # counts plus the 2 x 32 rotary frequencies that we store as (frozen) parameters and splifft computes
+    *[("bs_roformer", dict(UNWA, mask_estimator={"kind": kind}), count + 64) for kind, count in (
+        ("axial_refiner_large_v2", 59_469_068), ("hyperace_residual_v1", 68_593_164),
+        ("hyperace_residual_v2", 72_042_044))],
 ]
 
 
@@ -143,10 +155,38 @@ def test_variant_transformer_stack_compiles_without_graph_breaks(model_type, opt
 @pytest.mark.parametrize("model_type, options", INSPECT_CASES)
 def test_variant_runs_the_plain_path_in_cpu_inference_with_the_values_of_training_mode(model_type, options):
     """The blocked CPU inference path is the rotary transformers' own; every variant's axes run `_forward` (the plain
-    path), the same computation with and without autograd."""
+    path), the same computation with and without autograd. (A mask head leaves the stack, and its fast path, as is;
+    the axial refiner's transformers run it too.)"""
     model = with_deterministic_weights(MODEL_CLASSES[model_type](16, depth=2, heads=2, dim_head=8, **options))
-    assert not any(axis.in_blocks for axes in model.layers for axis in axes[-2:])
+    stack_is_plain = not any(axis.in_blocks for axes in model.layers for axis in axes[-2:])
+    assert stack_is_plain == ("mask_estimator" not in options)
     audio = torch.randn(1, 5000) * 0.3
     with torch.no_grad():
         inference = model(audio)
     assert (model(audio).detach() - inference).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("head", HEAD_CASES)
+def test_infer_config_recognises_the_hyperace_heads(head):
+    with torch.device("meta"):
+        model = BSRoformer(16, depth=1, heads=2, dim_head=8, stereo=True, mask_estimator=head)
+    assert infer_config(model.state_dict())["mask_estimator"] == head
+
+
+def test_hyperace_heads_refuse_mono_and_unknown_options():
+    with pytest.raises(ValueError, match="stereo"):
+        BSRoformer(16, depth=1, mask_estimator={"kind": "hyperace_residual_v1"})
+    with pytest.raises(ValueError, match="axial_refiner_depth"):
+        BSRoformer(16, depth=1, mask_estimator={"kind": "hyperace_residual_v2", "axial_refiner_depth": 2})
+    with pytest.raises(ValueError, match="mask_estimator.kind"):
+        BSRoformer(16, depth=1, mask_estimator={"kind": "fno"})
+
+
+def test_a_plain_bs_roformer_config_loads_a_checkpoint_with_an_axial_refiner_head():
+    """unwa's published YAMLs carry no head option: the checkpoint's keys select the head."""
+    options = dict(dim=16, depth=1, heads=2, dim_head=8, stereo=True)
+    head = {"kind": "axial_refiner_large_v2", "axial_refiner_depth": 2}
+    state = BSRoformer(**options, mask_estimator=head).state_dict()
+    model, config = load_model({"model": options, "training": {"model_type": "bs_roformer"}}, state)
+    assert config["model"]["mask_estimator"] == head
+    assert isinstance(model.mask_estimators[0], AxialRefinerMaskEstimator)

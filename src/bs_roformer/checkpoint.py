@@ -48,7 +48,8 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
     """The constructor arguments a state_dict implies, with `model_type`: "bs_roformer" or "mel_band_roformer"
     (classic layout, `use_pope` when it has polar positions), "bs_roformer_experimental" or
     "mel_band_roformer_experimental" (hyper-connection keys `.branch.` / `static_alpha`, or value-residual gates in
-    the blocks after the first only), "bs_conformer" or "mel_band_conformer" (conformer blocks). STFT settings that
+    the blocks after the first only), "bs_conformer" or "mel_band_conformer" (conformer blocks); unwa's mask heads
+    as `mask_estimator` (`mask_estimators.N.layers.*`: the axial refiner, `.segm.*`: HyperACE). STFT settings that
     leave no trace in the weights (hop, window) are not included; `stft_n_fft` (and, for Mel, `sample_rate`) are the
     smallest standard values that fit the band widths."""
     if "band_split.to_features.0.1.weight" not in state:
@@ -111,6 +112,10 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
             config["add_value_residual"] = True
         model_type = "mel_band_roformer" if is_mel else "bs_roformer"
 
+    head = _mask_head(state)
+    if head is not None:
+        config["mask_estimator"] = head
+
     if is_mel:
         extra_mask_layers = 0 if is_conformer else 1  # the Mel-Band RoFormer's MLP has one Linear layer more
         config.update(model_type=model_type, mask_estimator_depth=len(linears) - extra_mask_layers)
@@ -119,6 +124,18 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
         config.update(model_type=model_type, mask_estimator_depth=len(linears))
         config.update(_bs_layout(band_inputs))
     return config
+
+
+def _mask_head(state: dict) -> dict | None:
+    """The `mask_estimator` option of unwa's heads, from their keys (None for the classic per-band MLPs)."""
+    refiner_layers = _layer_indices(state, r"mask_estimators\.0\.layers\.(\d+)\.")
+    if refiner_layers:
+        return {"kind": "axial_refiner_large_v2", "axial_refiner_depth": len(refiner_layers)}
+    prototypes = "mask_estimators.0.segm.hyperace.high_order_branch.0.ahc.adaptive_hyperedge_gen.global_proto"
+    if prototypes in state:
+        version = 2 if any(key.startswith("mask_estimators.0.segm.upsample_head.block1.out_conv.") for key in state) else 1
+        return {"kind": f"hyperace_residual_v{version}", "num_hyperedges": state[prototypes].shape[0]}
+    return None
 
 
 def _bs_layout(band_inputs: list[int]) -> dict:

@@ -123,12 +123,26 @@ def _explain_mismatch(config: dict, model: torch.nn.Module, model_type: str, sta
     return "; ".join(problems)
 
 
+def with_mask_head_of(config: dict, state: dict, model_type: str) -> dict:
+    """The config, with the checkpoint's `mask_estimator` head when the config names none: the published YAMLs of
+    unwa's HyperACE and Large v2 models are plain bs_roformer configs (their head came with a replaced model file),
+    so only the checkpoint tells."""
+    if model_type != "bs_roformer" or "mask_estimator" in config["model"]:
+        return config
+    try:
+        head = infer_config(state).get("mask_estimator")
+    except ValueError:  # not a Roformer: the mismatch check says so
+        return config
+    return config if head is None else {**config, "model": {**config["model"], "mask_estimator": head}}
+
+
 def load_model(config: str | Path | dict, checkpoint: str | Path | dict, model_type: str | None = None,
                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Build the model a config describes, load the checkpoint strictly, return (model in eval mode, config)."""
     config = config if isinstance(config, dict) else load_config(config)
     state = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     model_type = model_type_of(config, state, model_type)
+    config = with_mask_head_of(config, state, model_type)
     model = build_model(config, model_type)
     problem = _explain_mismatch(config, model, model_type, state)
     if problem:
