@@ -133,7 +133,8 @@ def _mask_head(state: dict) -> dict | None:
         return {"kind": "axial_refiner_large_v2", "axial_refiner_depth": len(refiner_layers)}
     prototypes = "mask_estimators.0.segm.hyperace.high_order_branch.0.ahc.adaptive_hyperedge_gen.global_proto"
     if prototypes in state:
-        version = 2 if any(key.startswith("mask_estimators.0.segm.upsample_head.block1.out_conv.") for key in state) else 1
+        refined = any(key.startswith("mask_estimators.0.segm.upsample_head.block1.out_conv.") for key in state)
+        version = 2 if refined else 1  # v2 refines each upsampling with a TFC-TDF block
         return {"kind": f"hyperace_residual_v{version}", "num_hyperedges": state[prototypes].shape[0]}
     return None
 

@@ -14,7 +14,8 @@ class BSRoformer(Roformer):
 
     `freqs_per_bands` gives the number of STFT bins in each band, lowest first; they must add up to
     `stft_n_fft // 2 + 1`. The mask estimator has `mask_estimator_depth` Linear layers. The output has the input's
-    length (MSST; the classic package returned `hop * (samples // hop)` samples, the same values).
+    length (MSST; the classic package returned `hop * (samples // hop)` samples, the same values). `use_pope`: polar
+    instead of rotary positions (MSST). `mask_estimator`: `{kind: ...}` selects one of unwa's mask heads (heads.py).
     """
 
     def __init__(

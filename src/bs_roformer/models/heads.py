@@ -53,7 +53,8 @@ class AxialRefinerMaskEstimator(MaskEstimator):
         common = dict(dim=dim, depth=1, heads=self.HEADS, dim_head=self.DIM_HEAD, attn_dropout=0.0, ff_dropout=0.0,
                       flash_attn=flash_attn)
         self.layers = nn.ModuleList(
-            nn.ModuleList([Transformer(rotary_embed=time_rotary, **common), Transformer(rotary_embed=freq_rotary, **common)])
+            nn.ModuleList([Transformer(rotary_embed=time_rotary, **common),
+                           Transformer(rotary_embed=freq_rotary, **common)])
             for _ in range(axial_refiner_depth)
         )
         self.norm = RMSNorm(dim)

@@ -257,8 +257,9 @@ class TfcTdfBlock(nn.Module):
         super().__init__()
         self.tfc1 = nn.Sequential(instance_norm(channels_in), nn.SiLU(),
                                   nn.Conv2d(channels_in, channels_out, 3, 1, 1, bias=False))
-        self.tdf = nn.Sequential(instance_norm(channels_out), nn.SiLU(), nn.Linear(width, width // bottleneck, bias=False),
-                                 instance_norm(channels_out), nn.SiLU(), nn.Linear(width // bottleneck, width, bias=False))
+        narrow = width // bottleneck
+        self.tdf = nn.Sequential(instance_norm(channels_out), nn.SiLU(), nn.Linear(width, narrow, bias=False),
+                                 instance_norm(channels_out), nn.SiLU(), nn.Linear(narrow, width, bias=False))
         self.tfc2 = nn.Sequential(instance_norm(channels_out), nn.SiLU(),
                                   nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False))
         self.shortcut = nn.Conv2d(channels_in, channels_out, 1, bias=False)

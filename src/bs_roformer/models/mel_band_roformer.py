@@ -12,6 +12,7 @@ class MelBandRoformer(Roformer):
     `num_bands` bands from the support of a Slaney Mel filterbank at `sample_rate`. The mask estimator has
     `mask_estimator_depth + 1` Linear layers (so a published config with depth 2 has three). Every transformer ends
     with its own RMSNorm. The output has `hop * (samples // hop)` samples unless `match_input_audio_length`.
+    `use_pope`: polar instead of rotary positions (MSST).
     """
 
     # Linear layers of the mask MLP beyond `mask_estimator_depth`, and whether each transformer ends with an RMSNorm:
