@@ -190,3 +190,9 @@ def test_a_plain_bs_roformer_config_loads_a_checkpoint_with_an_axial_refiner_hea
     model, config = load_model({"model": options, "training": {"model_type": "bs_roformer"}}, state)
     assert config["model"]["mask_estimator"] == head
     assert isinstance(model.mask_estimators[0], AxialRefinerMaskEstimator)
+
+
+def test_the_cli_offers_every_model_type():
+    from bs_roformer.cli import MODEL_TYPES
+
+    assert set(MODEL_TYPES) == set(MODEL_CLASSES)

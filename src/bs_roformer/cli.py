@@ -151,6 +151,11 @@ def _duration(path: Path) -> float:
         return 0.0
 
 
+# the keys of config.MODEL_CLASSES (this module does not import torch; a test checks that they agree)
+MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "bs_roformer_experimental", "mel_band_roformer_experimental",
+               "bs_conformer", "mel_band_conformer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bs-roformer", description="BS-RoFormer and Mel-Band RoFormer")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -167,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package "
                           "(and, with no INPUT, its synthetic demo clip)")
     separate.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder")
-    separate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
+    separate.add_argument("--model-type", choices=MODEL_TYPES,
                           help="override the config's training.model_type")
     separate.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     separate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
@@ -194,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, help="test set in the MUSDB18-HQ layout (<track>/<stem>.wav)")
     evaluate.add_argument("--estimates", type=Path, help="stems on disk to score (<track>/<stem>.wav)")
     evaluate.add_argument("--references", type=Path, help="the references for --estimates (MUSDB18-HQ layout)")
-    evaluate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"))
+    evaluate.add_argument("--model-type", choices=MODEL_TYPES)
     evaluate.add_argument("-d", "--device", default="auto")
     evaluate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     evaluate.add_argument("-b", "--batch-size", type=int)
