@@ -196,3 +196,12 @@ def test_the_cli_offers_every_model_type():
     from bs_roformer.cli import MODEL_TYPES
 
     assert set(MODEL_TYPES) == set(MODEL_CLASSES)
+
+
+def test_value_residual_gates_after_the_first_block_with_one_layer_axes_are_add_value_residual():
+    """lucidrains 0.5.1's layout (unwa's value-residual model): with one-layer axes the same keys as our
+    `add_value_residual`, whose numerics (residuals kept) are lucidrains'; MSST's experimental type drops them."""
+    model = BSRoformer(16, depth=2, heads=2, dim_head=8, time_transformer_depth=1, freq_transformer_depth=1,
+                       add_value_residual=True)
+    config = infer_config(model.state_dict())
+    assert config["model_type"] == "bs_roformer" and config["add_value_residual"]

@@ -48,7 +48,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
     """The constructor arguments a state_dict implies, with `model_type`: "bs_roformer" or "mel_band_roformer"
     (classic layout, `use_pope` when it has polar positions), "bs_roformer_experimental" or
     "mel_band_roformer_experimental" (hyper-connection keys `.branch.` / `static_alpha`, or value-residual gates in
-    the blocks after the first only), "bs_conformer" or "mel_band_conformer" (conformer blocks); unwa's mask heads
+    the blocks after the first only, with axes of several layers), "bs_conformer" or "mel_band_conformer" (conformer blocks); unwa's mask heads
     as `mask_estimator` (`mask_estimators.N.layers.*`: the axial refiner, `.segm.*`: HyperACE). STFT settings that
     leave no trace in the weights (hop, window) are not included; `stft_n_fft` (and, for Mel, `sample_rate`) are the
     smallest standard values that fit the band widths."""
@@ -94,15 +94,17 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
         config["use_pope"] = True
 
     gated_blocks = {int(key.split(".")[1]) for key in state if "to_value_residual_mix" in key}
+    one_layer_axes = config[depth_names[0]] == 1 and config[depth_names[1]] == 1
     if is_conformer:
         block = f"layers.0.{time_axis}.layers.0."
         depthwise = state[block + "conv.net.4.weight"]
         config.update(ff_mult=state[block + "ff1.ff.net.1.weight"].shape[0] // dim,
                       conv_expansion_factor=depthwise.shape[0] // dim, conv_kernel_size=depthwise.shape[-1])
         model_type = "mel_band_conformer" if is_mel else "bs_conformer"
-    elif streams_key in state or (gated_blocks and 0 not in gated_blocks):
-        # MSST's experimental classes gate the values of every layer after the first block and none in it; with
-        # one-layer axes our `add_value_residual` has the same keys, but checkpoints like that come from MSST
+    elif streams_key in state or (gated_blocks and 0 not in gated_blocks and not one_layer_axes):
+        # gates in every layer after the first block and none in it: lucidrains 0.5.x and MSST's experimental
+        # classes. With one-layer axes that is also `add_value_residual`'s layout and lucidrains' numerics (unwa's
+        # published value-residual model); with deeper axes only the experimental type builds it
         config.update(num_residual_streams=state[streams_key].shape[0] if streams_key in state else 1)
         if gated_blocks:
             config["use_value_residual_learning"] = True
