@@ -45,6 +45,10 @@ def separate_command(args) -> int:
     from .separate import Separator
 
     config, checkpoint = model_files(args)
+    if args.lora:
+        from .lora import adapted_checkpoint
+
+        checkpoint = adapted_checkpoint(config, checkpoint, args.lora)
     if not args.inputs:
         if not args.demo:
             raise ValueError("give the audio files or folders to separate")
@@ -101,6 +105,10 @@ def evaluate_command(args) -> int:
             raise ValueError("give --data (and the model) to separate and score a test set, "
                              "or --estimates and --references to score stems on disk")
         config, checkpoint = model_files(args)
+        if args.lora:
+            from .lora import adapted_checkpoint
+
+            checkpoint = adapted_checkpoint(config, checkpoint, args.lora)
         separator = Separator.from_files(config, checkpoint, args.model_type, device=args.device,
                                          precision=args.precision, batch_size=args.batch_size)
         results, problems = evaluate.evaluate_model(separator, args.data, progress=not args.quiet)
@@ -123,12 +131,35 @@ def evaluate_command(args) -> int:
 def train_command(args) -> int:
     from .config import load_config
     from .separate import resolve_device
-    from .train import train
+    from .train import RunFinished, train
 
     config = load_config(args.config)
-    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=args.init,
-                   device=resolve_device(args.device), progress=not args.quiet)
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one report
+    config["training"] = dict(config.get("training") or {})
+    for key in ("dataset_type", "metric_for_scheduler"):
+        if getattr(args, key) is not None:  # MSST passes these on the command line
+            config["training"][key] = getattr(args, key)
+    main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun, one report
+    try:
+        record = train(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
+                       valid_dir=args.valid, init_checkpoint=args.init, init_tolerant=args.init_tolerant,
+                       freeze_prefixes=args.freeze, lora=args.lora, model_type=args.model_type,
+                       device=resolve_device(args.device), progress=not args.quiet,
+                       report=lambda line: print(line, file=sys.stderr) if main_process else None)
+    except RunFinished as finished:
+        print(f"nothing to do: {finished}")
+        return 0
+    except FileExistsError as error:
+        print(f"bs-roformer train: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bs-roformer train: interrupted before a checkpoint could be written", file=sys.stderr)
+        return 130
+    if record.get("interrupted"):
+        if main_process:
+            print(f"interrupted at step {record['step']}; {args.out}/last.ckpt written: continue with --resume",
+                  file=sys.stderr)
+        return 130
+    if main_process:
         print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
     return 0
 
@@ -169,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder")
     separate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
                           help="override the config's training.model_type")
+    separate.add_argument("--lora", metavar="ADAPTER", help="merge this LoRA adapter (loralib keys) into the weights")
     separate.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     separate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                           help="bf16 is fast on recent CPUs and GPUs; fp16 on GPUs only")
@@ -195,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--estimates", type=Path, help="stems on disk to score (<track>/<stem>.wav)")
     evaluate.add_argument("--references", type=Path, help="the references for --estimates (MUSDB18-HQ layout)")
     evaluate.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"))
+    evaluate.add_argument("--lora", metavar="ADAPTER", help="merge this LoRA adapter (loralib keys) into the weights")
     evaluate.add_argument("-d", "--device", default="auto")
     evaluate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     evaluate.add_argument("-b", "--batch-size", type=int)
@@ -211,8 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
     train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
-    train.add_argument("-d", "--device", default="auto")
-    train.add_argument("-q", "--quiet", action="store_true")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
+    train.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
+                       help="the model type, as MSST's --model_type (the config's training.model_type wins)")
+    train.add_argument("--dataset-type", type=int, choices=(1, 2, 3, 4, 6, 7),
+                       help="MSST's dataset types: 1 random remix (default), 2 a folder per stem, 3 CSV, "
+                       "4 aligned, 6 aligned with mixture.wav, 7 class-balanced")
+    train.add_argument("--metric-for-scheduler", choices=("sdr", "si_sdr", "l1_freq", "bleedless", "fullness"),
+                       help="validation metric for best.ckpt and ReduceLROnPlateau (default sdr)")
+    train.add_argument("--init-tolerant", action="store_true",
+                       help="with --init: crop or zero-pad tensors of another shape (MSST's warm start), reported")
+    train.add_argument("--freeze", nargs="+", metavar="PREFIX", help="do not train parameters with these name prefixes")
+    train.add_argument("--lora", action="store_true",
+                       help="train only LoRA adapters on the Linear layers (the config's lora: r, lora_alpha, "
+                       "lora_dropout); checkpoints' state_dict holds the adapters")
+    train.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
 
     synth = commands.add_parser("synth", help="write synthetic multi-stem songs in the MUSDB18-HQ layout")
