@@ -180,12 +180,18 @@ def test_train_command_refuses_to_mix_runs_and_explains(tmp_path, data, capsys):
     assert not (tmp_path / "x").exists()  # a run that fails to start leaves no folder
 
 
-def test_published_msst_configs_train_unchanged_with_msst_epoch_accounting(tmp_path):
+def train_published_configs(tmp_path, **shrink):
+    """MSST's vocal BS-RoFormer config and Kim's Mel-Band RoFormer config, as published, with a tiny model of the
+    same layout (dim and depth, plus `shrink`'s audio/training values), one optimizer step each."""
     write_dataset(tmp_path / "long", tracks=1, seconds=8.2, seed=3)
     for name, model_type in [("config_vocals_bs_roformer.yaml", None),
                              ("config_vocals_mel_band_roformer_kj.yaml", "mel_band_roformer")]:
         config = load_config(MSST_CONFIGS / name)
-        config["model"].update(dim=16, depth=1)  # the only override: a tiny model of the same layout
+        config["model"].update(dim=16, depth=1)
+        settings = train_module.read_settings(config).training
+        assert (settings.num_epochs, settings.steps_per_epoch, settings.total_steps) == (1000, 1000, 1_000_000)
+        for section, values in shrink.items():
+            config[section].update(values)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             record = train(config, tmp_path / "long", tmp_path / name, model_type=model_type, stop_after=1,
@@ -194,10 +200,18 @@ def test_published_msst_configs_train_unchanged_with_msst_epoch_accounting(tmp_p
         assert messages == [], messages  # every training and augmentation key is understood
         state = torch.load(tmp_path / name / "last.ckpt", weights_only=True)
         assert record["step"] == 1 and record["epoch"] == 0 and state["step"] == 1
-        assert isinstance(state["optimizer"]["param_groups"][0].get("amsgrad"), bool)  # torch.optim.Adam
+        assert isinstance(state["optimizer"]["param_groups"][0].get("amsgrad"), bool)  # optimizer: adam
         assert "patience" in state["scheduler"]  # ReduceLROnPlateau
-        settings = train_module.read_settings(config).training
-        assert (settings.num_epochs, settings.steps_per_epoch, settings.total_steps) == (1000, 1000, 1_000_000)
+
+
+@pytest.mark.slow
+def test_published_msst_configs_train_unchanged(tmp_path):
+    train_published_configs(tmp_path)
+
+
+def test_published_msst_configs_train_with_a_small_batch(tmp_path):
+    # the fast stand-in for the test above: also a smaller batch and chunk, fp32
+    train_published_configs(tmp_path, audio={"chunk_size": 16384}, training={"batch_size": 1, "use_amp": False})
 
 
 def test_keys_unknown_warn_unsupported_stop_and_old_configs_convert():
