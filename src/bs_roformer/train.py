@@ -221,6 +221,11 @@ class StopRequest:
             signal.signal(number, handler)
 
 
+def ignore_interrupts(worker_id: int):
+    """DataLoader workers share the terminal's Ctrl-C: the main process alone decides when to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class RunFinished(ValueError):
     """--resume on a run that has already reached its last step."""
 
@@ -408,7 +413,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
                 loader = iter(torch.utils.data.DataLoader(
                     dataset, batch_size=training.batch_size, sampler=rank_items(batches, rank, world,
                                                                                 training.batch_size),
-                    num_workers=training.num_workers, generator=torch.Generator()))
+                    num_workers=training.num_workers, generator=torch.Generator(), worker_init_fn=ignore_interrupts))
                 loader_epoch = epoch
             started = time.perf_counter()
             micro_batches = min(accumulation, training.num_steps - in_epoch * accumulation)
