@@ -62,10 +62,13 @@ def steps_logged(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-# ReduceLROnPlateau: stopped inside epoch 2, after its plateau step at the end of epoch 1; cosine: at an epoch's end
+# ReduceLROnPlateau: stopped inside epoch 2, the resumed run must drop the rate at its end (no improvement on the
+# best of epoch 1, kept in the checkpoint); cosine: stopped at an epoch's end
 @pytest.mark.parametrize("stop_after,scheduler", [(3, "ReduceLROnPlateau"), (4, "cosine")])
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, data, stop_after, scheduler):
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, data, stop_after, scheduler, monkeypatch):
     config = with_training(scheduler=scheduler, warmup_steps=2)
+    if scheduler == "ReduceLROnPlateau":  # a validation score that never improves: patience 0 drops the rate
+        monkeypatch.setattr(train_module, "validate", lambda *args: {"sdr": {"vocals": 1.0}})
     valid = data / "valid"
     straight = train(config, data / "train", tmp_path / "a", valid_dir=valid, progress=False)
     train(config, data / "train", tmp_path / "b", valid_dir=valid, stop_after=stop_after, progress=False)
@@ -79,6 +82,8 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, data, stop_a
     assert "vocals" in log[1]["valid"]["sdr"]
     straight_log = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in log] == [r["lr"] for r in straight_log]
+    if scheduler == "ReduceLROnPlateau":
+        assert [r["lr"] for r in log] == [1e-3] * 4 + [5e-4] * 2  # dropped by reduce_factor after epoch 2
     model, _ = load_model(CONFIG, tmp_path / "b" / "best.ckpt")  # EMA weights, as a plain model
     assert model.training is False
     assert (tmp_path / "b" / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -320,3 +325,20 @@ def test_compile_option_reaches_the_transformer_stack(tmp_path, data, monkeypatc
     train(with_training(num_epochs=1, num_steps=1, gradient_accumulation_steps=1, compile="aot_eager"),
           data / "train", tmp_path / "run", progress=False)
     assert backends == ["aot_eager"]
+
+
+def test_validation_reports_every_msst_metric_per_stem(data):
+    from bs_roformer.config import build_model
+    from bs_roformer.metrics import l1_freq
+    from bs_roformer.train import validate
+
+    reference = torch.randn(2, 44100)
+    assert l1_freq(reference, reference).item() == 100.0
+    assert 0 < l1_freq(reference, 0.5 * reference).item() < l1_freq(reference, 0.9 * reference).item() < 100
+    config = dict(CONFIG, training=dict(CONFIG["training"], target_instrument=None, instruments=["vocals", "other"]),
+                  model=dict(MODEL, num_stems=2))
+    model = build_model(config, "bs_roformer").eval()
+    scores = validate(model, config, data / "valid", "cpu", ["sdr", "si_sdr", "l1_freq", "bleedless", "fullness"],
+                      other_fix=True)
+    assert sorted(scores) == ["bleedless", "fullness", "l1_freq", "sdr", "si_sdr"]
+    assert all(sorted(per_stem) == ["other", "vocals"] for per_stem in scores.values())
