@@ -91,6 +91,11 @@ def test_an_msst_loralib_file_merges_into_a_base_checkpoint_and_separates(tmp_pa
     song = sorted((tmp_path / "songs").iterdir())[0] / "mixture.wav"
     assert main(["separate", "-c", str(tmp_path / "config.yaml"), "-m", str(tmp_path / "base.ckpt"), "--lora",
                  str(tmp_path / "adapter.ckpt"), str(song), "-o", str(tmp_path / "out"), "-q"]) == 0
+    no_scale = {key: value for key, value in CONFIG.items() if key != "lora"}
+    (tmp_path / "no_lora.yaml").write_text(yaml.safe_dump(no_scale))
+    assert main(["separate", "-c", str(tmp_path / "no_lora.yaml"), "-m", str(tmp_path / "base.ckpt"), "--lora",
+                 str(tmp_path / "adapter.ckpt"), str(song), "-o", str(tmp_path / "out2"), "-q"]) == 1
+    assert "lora_alpha" in capsys.readouterr().err
     bad = {"band_split.to_features.0.1.lora_A": torch.randn(4, 9), "band_split.to_features.0.1.lora_B": adapter[
         "band_split.to_features.0.1.lora_B"]}
     with pytest.raises(ValueError, match="does not fit the weight"):

@@ -98,11 +98,14 @@ def merge_adapter(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor
 
 def adapted_checkpoint(config, checkpoint, adapter) -> dict[str, torch.Tensor]:
     """The base `checkpoint` (a path) with the adapter file `adapter` merged in, scaled by the `lora:` section of
-    `config` (a path or dict; loralib's defaults where it has none)."""
+    `config` (a path or dict), which must give `lora_alpha`: the files do not record the scale."""
     from .checkpoint import load_state_dict
     from .config import load_config
     from .train_settings import _fill
 
     config = config if isinstance(config, dict) else load_config(config)
-    settings = _fill(Lora, "lora", dict(config.get("lora") or {}))
+    if "lora_alpha" not in (config.get("lora") or {}):
+        raise ValueError("--lora needs the config's lora: section with lora_alpha (the adapter's scale is "
+                         "lora_alpha / r), as in the config the adapter was trained with")
+    settings = _fill(Lora, "lora", dict(config["lora"]))
     return merge_adapter(load_state_dict(checkpoint), load_state_dict(adapter), settings)
