@@ -44,7 +44,7 @@ def with_training(**changes) -> dict:
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_dataset(root / "train", tracks=2, seconds=1.0, seed=1)
-    write_dataset(root / "valid", tracks=1, seconds=2.0, seed=2)
+    write_dataset(root / "valid", tracks=1, seconds=1.0, seed=4)  # seed 4: its vocals start at once
     return root
 
 
@@ -168,6 +168,9 @@ def test_train_command_refuses_to_mix_runs_and_explains(tmp_path, data, capsys):
     assert main([*base, *run, "--resume"]) == 0  # already finished: says so and how to train longer
     out = capsys.readouterr().out
     assert "already at step 2 of 2" in out and "raise training.num_epochs or num_steps" in out
+    assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "nope"), "-q", *run,
+                 "--overwrite"]) == 1  # a replacement that fails to start leaves the old run as it was
+    assert (tmp_path / "run" / "last.ckpt").read_bytes() == before
     assert main([*base, *run, "--overwrite"]) == 0 and steps_logged(tmp_path / "run") == [1, 2]
 
     assert main([*base, "--out", str(tmp_path / "finetune"), "--init", str(tmp_path / "run" / "last.ckpt")]) == 0
@@ -232,6 +235,8 @@ def test_keys_unknown_warn_unsupported_stop_and_old_configs_convert():
         read_settings(with_training(lr="fast"))
     with pytest.raises(ValueError, match="augmentations.vocals.pitch_shift is not supported"):
         read_settings(dict(CONFIG, augmentations={"enable": True, "vocals": {"pitch_shift": 0.1}}))
+    off = {"enable": True, "all": {"pitch_shift": 0, "pitch_shift_min_semitones": -3, "random_inverse": 0.1}}
+    assert read_settings(dict(CONFIG, augmentations=off)).augmentations.for_stem("bass").random_inverse == 0.1
     with pytest.warns(UserWarning, match="augmentations.reverb_amount is not a key"):
         read_settings(dict(CONFIG, augmentations={"enable": True, "reverb_amount": 0.1}))
     for path in [*Path("configs").glob("*.yaml"), Path("src/bs_roformer/demo/config.yaml")]:
@@ -255,7 +260,7 @@ def test_optimizers_by_name(name):
     from bs_roformer.train import build_optimizer
     from bs_roformer.train_settings import read_settings
 
-    settings = read_settings(with_training(optimizer=name))
+    settings = read_settings(with_training(optimizer=name, lr=1.0))
     parameter = torch.nn.Parameter(torch.ones(3))
     if name == "prodigy":
         pytest.importorskip("prodigyopt")

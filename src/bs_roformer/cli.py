@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
     train.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
-                       help="the model type, as MSST's --model_type (the config's training.model_type wins)")
+                       help="the model type, as MSST's --model_type (for configs without training.model_type)")
     train.add_argument("--dataset-type", type=int, choices=(1, 2, 3, 4, 6, 7),
                        help="MSST's dataset types: 1 random remix (default), 2 a folder per stem, 3 CSV, "
                        "4 aligned, 6 aligned with mixture.wav, 7 class-balanced")

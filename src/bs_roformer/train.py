@@ -230,18 +230,18 @@ class RunFinished(ValueError):
     """--resume on a run that has already reached its last step."""
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool):
-    """Refuse to mix a new run into an old one: an existing run needs --resume (continue) or --overwrite (replace)."""
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse to mix a new run into an old one: an existing run needs --resume (continue) or --overwrite (replace).
+    Returns the files of the run to replace (deleted once the new run has started)."""
     if resume:
         if not (run_dir / "last.ckpt").is_file():
             raise FileNotFoundError(f"--resume: no {run_dir / 'last.ckpt'} to resume from")
-        return
+        return []
+    existing = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{run_dir} holds a run ({', '.join(existing)}): continue it with --resume, "
-                              "replace it with --overwrite, or choose another --out")
-    for name in existing:
-        (run_dir / name).unlink()
+        raise FileExistsError(f"{run_dir} holds a run ({', '.join(path.name for path in existing)}): continue it "
+                              "with --resume, replace it with --overwrite, or choose another --out")
+    return existing
 
 
 def truncate_log(path: Path, step: int):
@@ -310,12 +310,11 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     run_dir = Path(run_dir)
     settings = read_settings(config)
     training = settings.training
-    if run_dir.exists():
-        prepare_run_dir(run_dir, resume, overwrite)
-    elif resume:
-        raise FileNotFoundError(f"--resume: no {run_dir / 'last.ckpt'} to resume from")
+    replaced = check_run_dir(run_dir, resume, overwrite)
     rank, world, device = setup_distributed(torch.device(device))
     main_process = rank == 0  # logs, validates and writes checkpoints
+    if model_type and training.model_type and model_type != training.model_type:
+        raise ValueError(f"--model-type {model_type} but the config's training.model_type is {training.model_type}")
     model_type = model_type_of(config, override=model_type or training.model_type)
     torch.manual_seed(training.seed)
     model = build_model(config, model_type).to(device).train()
@@ -333,7 +332,9 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     validates = main_process and valid_dir is not None
     validation_model = build_model(config, model_type).to(device) if validates else None
     torch.manual_seed(training.seed + rank)  # the same init everywhere, other dropout masks on each rank
-    network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # class-balanced data (type 7) leaves some heads out of some steps on some ranks
+    network = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=training.dataset_type == 7)
+               if world > 1 else model)
     if training.compile:  # true: inductor; a string names another torch.compile backend
         model.compile_transformer_stack(backend=training.compile if isinstance(training.compile, str) else "inductor")
     instruments = list(training.instruments or stem_names(config))
@@ -380,14 +381,13 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
                               "num_steps to train longer")
         if main_process:
             truncate_log(run_dir / "metrics.jsonl", step)
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that fails to start leaves no folder
+    if main_process:  # only now: a run that fails to start leaves no folder, and the run it replaces intact
+        for path in replaced:
+            path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     def checkpoint_state() -> dict:
-        weights = model.state_dict()
-        if ema is not None:  # `state_dict` holds the weights to use: the EMA ones when there are
-            ema_weights = dict(zip([name for name, _ in model.named_parameters()], ema))
-            weights = {key: ema_weights.get(key, value) for key, value in weights.items()}
+        weights = weights_to_use(model, ema)
         if lora:
             from .lora import adapter_state
 
@@ -487,14 +487,19 @@ def model_loss(network, mixture, target, active, targets):
     return network(mixture, target=target, active_stem_ids=stem_ids)
 
 
-def _load_validation_weights(validation_model, model, ema):
-    """Put the EMA weights (or the current ones) into the validation model. A separate model, not a deep copy: a
-    compiled transformer stack is bound to the model it was compiled for. With LoRA the adapters are merged in."""
+def weights_to_use(model, ema) -> dict:
+    """The model's state_dict with the EMA weights in place of the live ones, when there are."""
     weights = model.state_dict()
-    if ema is not None:
-        ema_weights = dict(zip([name for name, _ in model.named_parameters()], ema))
-        weights = {key: ema_weights.get(key, value) for key, value in weights.items()}
+    if ema is None:
+        return weights
+    averages = dict(zip([name for name, _ in model.named_parameters()], ema))
+    return {key: averages.get(key, value) for key, value in weights.items()}
+
+
+def _load_validation_weights(validation_model, model, ema):
+    """Put the weights to use into the validation model. A separate model, not a deep copy: a compiled transformer
+    stack is bound to the model it was compiled for. With LoRA the adapters are merged in."""
     from .lora import merged_state
 
-    validation_model.load_state_dict(merged_state(weights))
+    validation_model.load_state_dict(merged_state(weights_to_use(model, ema)))
     return validation_model.eval()

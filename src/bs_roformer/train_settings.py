@@ -35,7 +35,7 @@ UNSUPPORTED = {
 NO_EFFECT = {
     "q", "coarse_loss_clip", "bypass_filter", "read_metadata_procs", "augmentation", "augmentation_type",
     "use_mp3_compress", "augmentation_mix", "augmentation_loudness", "augmentation_loudness_type",
-    "augmentation_loudness_min", "augmentation_loudness_max",
+    "augmentation_loudness_min", "augmentation_loudness_max", "num_precompute_chunks", "precompute_batch_for_chunks",
 }
 AUGMENTATIONS_UNSUPPORTED = {
     "chunk_size_augm": "random chunk lengths per batch are not implemented",
@@ -228,18 +228,23 @@ def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
     stems = {}
     for name, value in section.items():
         if isinstance(value, dict) and (name == "all" or name in instruments):
-            for key in value:
-                if key in STEM_AUGMENTATIONS_UNSUPPORTED:
+            for key, chance in value.items():
+                if key in STEM_AUGMENTATIONS_UNSUPPORTED and chance:
                     raise ValueError(f"augmentations.{name}.{key} is not supported here (MSST runs it through "
-                                     "audiomentations or pedalboard); remove it")
-            stems[name] = _fill(StemAugmentations, f"augmentations.{name}", value)
+                                     "audiomentations or pedalboard); remove it or set it to 0")
+            # an unsupported augmentation that is off (probability 0) may keep its parameters (`<name>_min_...`)
+            off = {key for key in value if key in STEM_AUGMENTATIONS_UNSUPPORTED
+                   or key.startswith(tuple(f"{aug}_" for aug in STEM_AUGMENTATIONS_UNSUPPORTED))}
+            stems[name] = _fill(StemAugmentations, f"augmentations.{name}", value, skip=off)
     if "all" in stems:  # a stem's own section overrides `all` key by key, as in MSST
         merged_all = dataclasses.asdict(stems["all"])
         for name in list(stems):
             if name != "all":
-                given = section[name]
+                given = [key for key in section[name] if key in merged_all]
                 stems[name] = StemAugmentations(**{**merged_all, **{k: getattr(stems[name], k) for k in given}})
-    skip = set(stems) | set(AUGMENTATIONS_UNSUPPORTED)
+    # the parameters of an unsupported augmentation that is off
+    skip = set(stems) | {key for key in section if key.startswith(tuple(AUGMENTATIONS_UNSUPPORTED))
+                         or key in ("chunk_size_min", "chunk_size_max")}
     augmentations = _fill(Augmentations, "augmentations", section, skip=skip | {"stems"})
     augmentations.stems = stems
     return augmentations
