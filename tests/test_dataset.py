@@ -172,3 +172,28 @@ def test_bad_folders(tmp_path):
         StemChunks(tmp_path, STEMS, chunk_samples=44100)
     with pytest.raises(ValueError, match=r"missing \['piano'\]"):
         StemChunks(tmp_path, ["piano"], chunk_samples=100)
+
+
+def test_pedalboard_effects_as_msst_spells_them(synth_root):
+    pytest.importorskip("pedalboard")
+    from bs_roformer.train_settings import read_settings
+
+    section = {"enable": True, "all": {"pedalboard_distortion": 1.0, "pedalboard_distortion_drive_db_min": 20,
+                                       "pedalboard_distortion_drive_db_max": 25},
+               "bass": {"pedalboard_distortion": 0, "pedalboard_mp3_compressor": 1.0,
+                        "pedalboard_mp3_compressor_pedalboard_mp3_compressor_min": 0,
+                        "pedalboard_mp3_compressor_pedalboard_mp3_compressor_max": 9.999}}
+    config = {"training": {"num_epochs": 1, "instruments": ["vocals", "bass"]}, "augmentations": section}
+    augmentations = read_settings(config).augmentations
+    assert sorted(augmentations.for_stem("vocals").pedalboard) == ["pedalboard_distortion"]
+    assert sorted(augmentations.for_stem("bass").pedalboard) == ["pedalboard_mp3_compressor"]  # bass overrides all
+    plain = StemChunks(synth_root, ["vocals", "bass"], chunk_samples=4000, dataset_type=4)
+    effected = StemChunks(synth_root, ["vocals", "bass"], chunk_samples=4000, dataset_type=4,
+                          augmentations=augmentations)
+    before, after = plain[0][1], effected[0][1]
+    assert after.shape == before.shape and torch.isfinite(after).all()
+    for stem in range(2):
+        assert not torch.allclose(after[stem], before[stem], atol=1e-3)
+    broken = dict(section, all={"pedalboard_reverb": 0.5, "pedalboard_reverb_room_size_min": 0.1})
+    with pytest.raises(ValueError, match="pedalboard_reverb needs pedalboard_reverb_room_size_max"):
+        read_settings(dict(config, augmentations=broken))

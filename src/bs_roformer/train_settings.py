@@ -41,12 +41,27 @@ AUGMENTATIONS_UNSUPPORTED = {
     "chunk_size_augm": "random chunk lengths per batch are not implemented",
     "mp3_compression_on_mixture": "MP3 compression needs audiomentations, which is not supported",
 }
-# per-stem augmentations MSST runs through audiomentations or pedalboard
+# per-stem augmentations MSST runs through audiomentations
 STEM_AUGMENTATIONS_UNSUPPORTED = (
     "pitch_shift", "seven_band_parametric_eq", "tanh_distortion", "mp3_compression", "gaussian_noise", "time_stretch",
-    "pedalboard_reverb", "pedalboard_chorus", "pedalboard_phazer", "pedalboard_distortion", "pedalboard_pitch_shift",
-    "pedalboard_resample", "pedalboard_bitcrash", "pedalboard_mp3_compressor",
 )
+# MSST's pedalboard effects, in the order MSST applies them: (pedalboard class, its arguments, the keys' middle part
+# per argument: `<effect>_<part>_min` and `_max` bound the uniform draw). They need the `augment` extra.
+PEDALBOARD_EFFECTS = {
+    "pedalboard_reverb": ("Reverb", {"room_size": "room_size", "damping": "damping", "wet_level": "wet_level",
+                                     "dry_level": "dry_level", "width": "width"}),
+    "pedalboard_chorus": ("Chorus", {"rate_hz": "rate_hz", "depth": "depth", "centre_delay_ms": "centre_delay_ms",
+                                     "feedback": "feedback", "mix": "mix"}),
+    "pedalboard_phazer": ("Phaser", {"rate_hz": "rate_hz", "depth": "depth",
+                                     "centre_frequency_hz": "centre_frequency_hz", "feedback": "feedback",
+                                     "mix": "mix"}),
+    "pedalboard_distortion": ("Distortion", {"drive_db": "drive_db"}),
+    "pedalboard_pitch_shift": ("PitchShift", {"semitones": "semitones"}),
+    "pedalboard_resample": ("Resample", {"target_sample_rate": "target_sample_rate"}),
+    "pedalboard_bitcrash": ("Bitcrush", {"bit_depth": "bit_depth"}),
+    # compat: MSST's keys for the MP3 quality repeat the effect's name
+    "pedalboard_mp3_compressor": ("MP3Compressor", {"vbr_quality": "pedalboard_mp3_compressor"}),
+}
 
 
 @dataclass
@@ -105,6 +120,8 @@ class StemAugmentations:
     channel_shuffle: float = 0.0  # swap left and right
     random_inverse: float = 0.0  # reverse in time
     random_polarity: float = 0.0  # negate
+    # {effect: (probability, {pedalboard argument: (low, high)})} for the PEDALBOARD_EFFECTS switched on
+    pedalboard: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +238,30 @@ def _convert_old_augmentations(section: dict) -> dict:
     return converted
 
 
+def _read_pedalboard(name: str, values: dict) -> dict:
+    """The pedalboard effects a per-stem section switches on (probability > 0), with their ranges."""
+    effects = {}
+    for effect, (_, arguments) in PEDALBOARD_EFFECTS.items():
+        chance = float(values.get(effect) or 0)
+        if chance <= 0:
+            continue
+        ranges = {}
+        for argument, part in arguments.items():
+            keys = [f"{effect}_{part}_min", f"{effect}_{part}_max"]
+            missing = [key for key in keys if key not in values]
+            if missing:
+                raise ValueError(f"augmentations.{name}.{effect} needs {missing[0]} (and its _min/_max pair)")
+            ranges[argument] = (float(values[keys[0]]), float(values[keys[1]]))
+        effects[effect] = (chance, ranges)
+    if effects:
+        try:
+            import pedalboard  # noqa: F401
+        except ImportError:
+            raise ValueError(f"augmentations.{name}: {sorted(effects)} need pedalboard: "
+                             "pip install 'bs-roformer-fast[augment]'") from None
+    return effects
+
+
 def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
     for key, reason in AUGMENTATIONS_UNSUPPORTED.items():
         if section.get(key):
@@ -235,12 +276,18 @@ def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
             # an unsupported augmentation that is off (probability 0) may keep its parameters (`<name>_min_...`)
             off = {key for key in value if key in STEM_AUGMENTATIONS_UNSUPPORTED
                    or key.startswith(tuple(f"{aug}_" for aug in STEM_AUGMENTATIONS_UNSUPPORTED))}
-            stems[name] = _fill(StemAugmentations, f"augmentations.{name}", value, skip=off)
+            effects = {key for key in value if key.startswith(tuple(PEDALBOARD_EFFECTS))}
+            stems[name] = _fill(StemAugmentations, f"augmentations.{name}", value, skip=off | effects | {"pedalboard"})
+    if "all" in section and "all" not in stems:
+        raise ValueError("augmentations.all must be a section of per-stem augmentations")
+    for name in stems:  # a stem's own section overrides `all` key by key, pedalboard keys too
+        combined = {**(section.get("all") or {}), **section[name]} if name != "all" else section[name]
+        stems[name].pedalboard = _read_pedalboard(name, combined)
     if "all" in stems:  # a stem's own section overrides `all` key by key, as in MSST
-        merged_all = dataclasses.asdict(stems["all"])
+        merged_all = {f.name: getattr(stems["all"], f.name) for f in dataclasses.fields(StemAugmentations)}
         for name in list(stems):
             if name != "all":
-                given = [key for key in section[name] if key in merged_all]
+                given = [key for key in section[name] if key in merged_all] + ["pedalboard"]
                 stems[name] = StemAugmentations(**{**merged_all, **{k: getattr(stems[name], k) for k in given}})
     # the parameters of an unsupported augmentation that is off
     skip = set(stems) | {key for key in section if key.startswith(tuple(AUGMENTATIONS_UNSUPPORTED))

@@ -13,8 +13,9 @@
 Each item is (mixture (channels, chunk), stems (len(stems), channels, chunk), active (len(stems),) bool): `active`
 marks the stems whose heads should train on this item (all of them except in type 7). Chunks quieter than
 `min_mean_abs` (mean absolute sample) are drawn again, as MSST does. Augmentations follow MSST's `augmentations:`
-section (`train_settings.Augmentations`): per stem, as each chunk is read, a channel swap, time reversal and polarity
-inversion; mixup (types 1-3) of extra chunks of the same stem; then a random gain per stem. The mixture is the sum of
+section (`train_settings.Augmentations`): per stem, as each chunk is read, a channel swap, time reversal, polarity
+inversion and MSST's pedalboard effects (reverb, chorus, phaser, distortion, pitch shift, resampling, bit crushing,
+MP3 compression; the `augment` extra); mixup (types 1-3) of extra chunks of the same stem; then a random gain per stem. The mixture is the sum of
 the stems, except the real mixture of types 6 and 7.
 
 Items are reproducible: item `index` is drawn from `numpy.random.default_rng([seed, epoch, index])`, so DataLoader
@@ -31,7 +32,7 @@ import soundfile
 import torch
 
 from ..audio import STEM_EXTENSIONS
-from ..train_settings import Augmentations
+from ..train_settings import PEDALBOARD_EFFECTS, Augmentations
 
 ALIGNED_ATTEMPTS = 10  # MSST's attempts at an aligned chunk without a silent stem
 
@@ -178,7 +179,18 @@ class StemChunks(torch.utils.data.Dataset):
             audio = audio[:, ::-1]
         if chances.random_polarity > 0 and rng.random() < chances.random_polarity:
             audio = -audio
+        for effect, (chance, ranges) in chances.pedalboard.items():
+            if rng.random() < chance:
+                audio = self._pedalboard(effect, {arg: rng.uniform(*bounds) for arg, bounds in ranges.items()}, audio)
         return np.ascontiguousarray(audio)
+
+    def _pedalboard(self, effect: str, arguments: dict, audio: np.ndarray) -> np.ndarray:
+        """One of MSST's pedalboard effects on a (channels, chunk) chunk, cut or zero-padded back to the chunk."""
+        import pedalboard
+
+        board = pedalboard.Pedalboard([getattr(pedalboard, PEDALBOARD_EFFECTS[effect][0])(**arguments)])
+        out = board(np.ascontiguousarray(audio, dtype=np.float32), self.sample_rate)[:, : self.chunk]
+        return np.pad(out, ((0, 0), (0, self.chunk - out.shape[1]))).astype(np.float32)
 
     def _random_source(self, rng: np.random.Generator, stem: str) -> np.ndarray:
         """One chunk of `stem` from a random place (types 1-3), drawn again while quieter than min_mean_abs."""
