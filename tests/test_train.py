@@ -168,6 +168,11 @@ def test_train_command_refuses_to_mix_runs_and_explains(tmp_path, data, capsys):
     assert main([*base, *run, "--resume"]) == 0  # already finished: says so and how to train longer
     out = capsys.readouterr().out
     assert "already at step 2 of 2" in out and "raise training.num_epochs or num_steps" in out
+    longer = dict(config, training=dict(config["training"], num_epochs=2))
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump(longer))
+    assert main(["train", "-c", str(tmp_path / "longer.yaml"), "--data", str(data / "train"), "-q", *run,
+                 "--resume"]) == 0 and steps_logged(tmp_path / "run") == [1, 2, 3, 4]
+    before = (tmp_path / "run" / "last.ckpt").read_bytes()
     assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "nope"), "-q", *run,
                  "--overwrite"]) == 1  # a replacement that fails to start leaves the old run as it was
     assert (tmp_path / "run" / "last.ckpt").read_bytes() == before

@@ -239,11 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train or fine-tune a model (MSST-style YAML config)")
     train.add_argument("-c", "--config", required=True, help="YAML config: model, training, audio, augmentations")
-    train.add_argument("--data", type=Path, required=True, help="training tracks (MUSDB18-HQ layout)")
+    train.add_argument("--data", type=Path, required=True,
+                       help="training data: track folders (MUSDB18-HQ layout), a folder per stem (--dataset-type 2) "
+                       "or a CSV file (3)")
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
-    train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
+    train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored at each epoch's end")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
-    train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model)")
+    train.add_argument("--init", type=Path, help="start from these weights (fine-tuning a published model; strict)")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
     train.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
                        help="the model type, as MSST's --model_type (for configs without training.model_type)")

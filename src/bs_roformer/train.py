@@ -21,6 +21,7 @@ ends with. Their `state_dict` holds the weights to use (EMA ones when there are;
 they load as plain models (or adapters) too.
 """
 
+import functools
 import json
 import math
 import os
@@ -82,25 +83,13 @@ def build_scheduler(settings: Settings, optimizer):
     if training.scheduler == "ReduceLROnPlateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", patience=training.patience,
                                                           factor=training.reduce_factor)
+    # partial functions: LambdaLR saves no state for them, so a resumed run with more epochs follows the new length
     if training.scheduler == "linear_scheduler":  # compat: MSST counts num_epochs x num_steps as the total
         total = training.num_epochs * training.num_steps
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, LinearSchedule(training.num_warmup_steps, total))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, CosineSchedule(training.warmup_steps, training.total_steps))
-
-
-class CosineSchedule:
-    """A picklable learning-rate factor (the scheduler's state_dict keeps no function)."""
-
-    def __init__(self, warmup: int, total: int):
-        self.warmup, self.total = warmup, total
-
-    def __call__(self, step: int) -> float:
-        return learning_rate_factor(step, self.warmup, self.total)
-
-
-class LinearSchedule(CosineSchedule):
-    def __call__(self, step: int) -> float:
-        return linear_factor(step, self.warmup, self.total)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(linear_factor, warmup=training.num_warmup_steps, total=total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(learning_rate_factor, warmup=training.warmup_steps, total=training.total_steps))
 
 
 def autocast_dtype(device: torch.device, use_amp: bool):
