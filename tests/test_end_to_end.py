@@ -32,7 +32,7 @@ def test_a_few_hundred_steps_separate_vocals_clearly_better_than_the_untrained_m
     assert main(["synth", "--out", str(tmp_path / "valid"), "--tracks", "2", "--seconds", "4", "--seed", "2"]) == 0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     torch.manual_seed(0)
-    untrained = validate(build_model(CONFIG, "bs_roformer"), CONFIG, tmp_path / "valid", "cpu")["vocals"]
+    untrained = validate(build_model(CONFIG, "bs_roformer"), CONFIG, tmp_path / "valid", "cpu")["sdr"]["vocals"]
 
     assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "train"),
                  "--valid", str(tmp_path / "valid"), "--out", str(tmp_path / "run"), "-q"]) == 0
