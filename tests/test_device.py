@@ -96,3 +96,18 @@ def test_autocast_contexts():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with autocast(CPU, "fp32"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_training_with_use_amp_on_a_cpu_without_native_bf16_trains_in_fp32(native_bf16, monkeypatch):
+    from bs_roformer.device import resolve_training_precision
+
+    native_bf16(False)
+    precision, reason = resolve_training_precision("auto", CPU, use_amp=True)
+    assert precision == "fp32" and "emulated" in reason and "--precision bf16 forces it" in reason
+    with pytest.warns(UserWarning, match="emulated"):
+        assert resolve_training_precision("bf16", CPU, use_amp=True)[0] == "bf16"
+    native_bf16(True)
+    assert resolve_training_precision("auto", CPU, use_amp=True)[0] == "bf16"
+    assert resolve_training_precision("auto", CPU, use_amp=False)[0] == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_training_precision("auto", CUDA, use_amp=True)[0] == "fp16"

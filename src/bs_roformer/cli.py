@@ -65,6 +65,10 @@ def load_separator(args, **options):
     resolve_precision(args.precision, device)
     config, checkpoint = model_files(args)
     name = args.model or ("demo" if args.demo else Path(checkpoint).stem)
+    if args.lora:
+        from .lora import adapted_checkpoint
+
+        checkpoint = adapted_checkpoint(config, checkpoint, args.lora)
     return Separator.from_files(config, checkpoint, args.model_type, device=device, precision=args.precision,
                                 batch_size=args.batch_size, name=name, **options)
 
@@ -179,17 +183,37 @@ def evaluate_command(args) -> int:
 def train_command(args) -> int:
     from .config import load_config
     from .device import resolve_device
-    from .train import train
+    from .train import RunFinished, train
 
     config = load_config(args.config)
+    config["training"] = dict(config.get("training") or {})
+    for key in ("dataset_type", "metric_for_scheduler"):
+        if getattr(args, key) is not None:  # MSST passes these on the command line
+            config["training"][key] = getattr(args, key)
     init = args.init
     if init and not Path(init).exists():  # not a file: a published model's id
         from .pretrained import fetch
 
         init = fetch(init, progress=not args.quiet)[1]
-    record = train(config, args.data, args.out, resume=args.resume, valid_dir=args.valid, init_checkpoint=init,
-                   device=resolve_device(args.device), progress=not args.quiet)
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one report
+    main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun, one report
+    try:
+        record = train(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
+                       valid_dir=args.valid, init_checkpoint=init, init_tolerant=args.init_tolerant,
+                       freeze_prefixes=args.freeze, lora=args.lora, model_type=args.model_type,
+                       device=resolve_device(args.device), precision=args.precision, progress=not args.quiet,
+                       report=lambda line: print(line, file=sys.stderr) if main_process else None)
+    except RunFinished as finished:
+        print(f"nothing to do: {finished}")
+        return 0
+    except KeyboardInterrupt:
+        print("bs-roformer train: interrupted before a checkpoint could be written", file=sys.stderr)
+        return 130
+    if record.get("interrupted"):
+        if main_process:
+            print(f"interrupted at step {record['step']}; {args.out}/last.ckpt written: continue with --resume",
+                  file=sys.stderr)
+        return 130
+    if main_process:
         print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
     return 0
 
@@ -264,6 +288,8 @@ def add_model_options(parser: argparse.ArgumentParser):
     parser.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
     parser.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
     parser.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package")
+    parser.add_argument("--lora", metavar="ADAPTER", help="merge this LoRA adapter (loralib keys) into the weights; "
+                        "the config's lora: section gives its lora_alpha")
     parser.add_argument("--model-type", help="override the config's training.model_type (bs_roformer, "
                         "mel_band_roformer, bs_roformer_experimental, mel_band_roformer_experimental, bs_conformer, "
                         "mel_band_conformer)")
@@ -333,13 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train or fine-tune a model (MSST-style YAML config)",
                                 formatter_class=formatter)
     train.add_argument("-c", "--config", required=True, help="YAML config: model, training, audio, augmentations")
-    train.add_argument("--data", type=Path, required=True, help="training tracks (MUSDB18-HQ layout)")
+    train.add_argument("--data", type=Path, required=True,
+                       help="training data: track folders (MUSDB18-HQ layout), a folder per stem (--dataset-type 2) "
+                       "or a CSV file (3)")
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
-    train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored by global SDR")
+    train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored at each epoch's end")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
     train.add_argument("--init", help="start from these weights (fine-tuning): a checkpoint file or a published "
                        "model's id")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
+    train.add_argument("--model-type", help="the model type, as MSST's --model_type (for configs without "
+                       "training.model_type): bs_roformer, mel_band_roformer, bs_roformer_experimental, "
+                       "mel_band_roformer_experimental, bs_conformer, mel_band_conformer")
+    train.add_argument("--dataset-type", type=int, choices=(1, 2, 3, 4, 6, 7),
+                       help="MSST's dataset types: 1 random remix (default), 2 a folder per stem, 3 CSV, "
+                       "4 aligned, 6 aligned with mixture.wav, 7 class-balanced")
+    train.add_argument("--metric-for-scheduler", choices=("sdr", "si_sdr", "l1_freq", "bleedless", "fullness"),
+                       help="validation metric for best.ckpt and ReduceLROnPlateau (default sdr)")
+    train.add_argument("--init-tolerant", action="store_true",
+                       help="with --init: crop or zero-pad tensors of another shape (MSST's warm start), reported")
+    train.add_argument("--freeze", nargs="+", metavar="PREFIX", help="do not train parameters with these name prefixes")
+    train.add_argument("--lora", action="store_true",
+                       help="train only LoRA adapters on the Linear layers (the config's lora: r, lora_alpha, "
+                       "lora_dropout); checkpoints' state_dict holds the adapters")
     train.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    train.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16. auto follows training.use_amp: "
+                       "bf16 where the hardware has it, fp16 on GPUs without bf16, fp32 on a CPU without native bf16 "
+                       "(there bf16 is slower)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
 

@@ -93,6 +93,25 @@ def warn_slow_cpu_bf16():
                       "--precision fp32 (or auto)", stacklevel=3)
 
 
+def resolve_training_precision(precision: str, device: torch.device, use_amp: bool) -> tuple[str, str]:
+    """(precision to train in, the reason). `auto` follows `training.use_amp`: bf16 where the hardware has it, fp16
+    (with loss scaling) on CUDA without bf16, and fp32 on a CPU without native bf16, whose emulated bf16 is slower
+    than fp32 (an explicit `bf16` still trains so, with a warning), and on MPS."""
+    if precision != "auto":
+        return resolve_precision(precision, device)
+    if not use_amp:
+        return "fp32", "training.use_amp is off"
+    if device.type == "cuda":
+        return ("bf16", "training.use_amp") if torch.cuda.is_bf16_supported() else \
+            ("fp16", "training.use_amp; this GPU lacks bf16")
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", "training.use_amp; this CPU has native bf16"
+    if device.type == "cpu":
+        return "fp32", (f"training.use_amp, but bf16 is emulated on this CPU ({cpu_description()}) and slower than "
+                        "fp32; --precision bf16 forces it")
+    return "fp32", f"default on {device.type}"
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for a precision name; fp32 runs without autocast."""
     dtype = PRECISIONS[precision]

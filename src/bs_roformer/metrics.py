@@ -102,3 +102,17 @@ def bleedless_fullness(reference, estimate, sample_rate: int = 44100, n_fft: int
         scores.append((100 / (1 + above), 100 / (1 - below)))
     bleedless, fullness = torch.tensor(scores, dtype=torch.float64).unbind(-1)
     return bleedless.reshape(batch), fullness.reshape(batch)
+
+
+def l1_freq(reference, estimate, n_fft: int = 2048, hop: int = 1024) -> torch.Tensor:
+    """(..., channels, samples) -> (...): MSST's `l1_freq`, 100 / (1 + 10 x the mean absolute difference of the STFT
+    magnitudes) (rectangular window, centred frames, reflect padding: torch.stft's defaults, as MSST calls it). Higher is better."""
+    reference, estimate = torch.as_tensor(reference).float(), torch.as_tensor(estimate).float()
+    batch = reference.shape[:-2]
+    flat = [tensor.reshape(-1, *tensor.shape[-2:]) for tensor in (reference, estimate)]
+    scores = []
+    for ref, est in zip(*flat):
+        window = torch.ones(n_fft)  # what torch.stft uses (with a warning) when MSST passes none
+        magnitudes = [torch.stft(x, n_fft, hop, window=window, return_complex=True).abs() for x in (ref, est)]
+        scores.append(100 / (1 + 10 * (magnitudes[1] - magnitudes[0]).abs().mean().item()))
+    return torch.tensor(scores, dtype=torch.float64).reshape(batch)

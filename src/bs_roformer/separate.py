@@ -84,7 +84,7 @@ class Separator:
         from .config import load_model
 
         model, config = load_model(config_path, checkpoint_path, model_type)
-        options.setdefault("name", Path(checkpoint_path).stem)
+        options.setdefault("name", "model" if isinstance(checkpoint_path, dict) else Path(checkpoint_path).stem)
         return cls(model, config, **options)
 
     @classmethod

@@ -190,11 +190,13 @@ class Roformer(nn.Module):
             self._transform = torch.compile(self._transform, fullgraph=True, **options)
         return self
 
-    def forward(self, raw_audio: torch.Tensor, target: torch.Tensor | None = None, return_loss_breakdown=False):
+    def forward(self, raw_audio: torch.Tensor, target: torch.Tensor | None = None, return_loss_breakdown=False,
+                active_stem_ids: list[int] | None = None):
         """raw_audio (b, t) or (b, s, t) -> stems (b, s, t) for one stem, (b, n, s, t) for several.
 
         With `target` (shaped like the output), returns the loss instead (and its parts with
-        `return_loss_breakdown`)."""
+        `return_loss_breakdown`). `active_stem_ids` (MSST): only these stems' heads run, the output holds those
+        stems in that order, and the loss compares them with the same stems of the (full) target."""
         audio = self._check_audio(raw_audio)
         b, s, samples = audio.shape
         spec = self.stft(audio)  # (b, s, f, T) complex
@@ -206,10 +208,11 @@ class Roformer(nn.Module):
         x = self._transform(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        masks = torch.stack([estimator(x) for estimator in self.mask_estimators], dim=1).float()
+        heads = self.mask_estimators if active_stem_ids is None else [self.mask_estimators[i] for i in active_stem_ids]
+        masks = torch.stack([estimator(x) for estimator in heads], dim=1).float()
         if self.averages_overlaps:
             masks = masks * self.inverse_band_count
-        masks = torch.view_as_complex(masks.view(b, self.num_stems, frames, -1, s, 2))
+        masks = torch.view_as_complex(masks.view(b, len(heads), frames, -1, s, 2))
 
         stems = spec.permute(0, 3, 2, 1).unsqueeze(1) * masks  # (b, n, T, f, s)
         stems = stems.permute(0, 1, 4, 3, 2)  # (b, n, s, f, T)
@@ -221,6 +224,8 @@ class Roformer(nn.Module):
 
         if target is None:
             return estimate
+        if active_stem_ids is not None and self.num_stems > 1:
+            target = target[:, list(active_stem_ids)]
         target = self._check_target(target, estimate)
         total, parts = roformer_loss(estimate, target, self.multi_resolution_loss, self.multi_stft_resolution_loss_weight)
         return (total, parts) if return_loss_breakdown else total
