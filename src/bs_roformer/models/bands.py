@@ -253,6 +253,8 @@ class MaskEstimator(_GroupedBands):
             out = F.glu(torch.baddbmm(bias.to(bands.dtype), bands, weight), dim=-1)  # (bands, batch * frames, width)
             masks.append(out.transpose(0, 1).flatten(1))
         masks = torch.cat(masks, dim=-1)
+        if torch.compiler.is_exporting():  # fp16 ONNX exports: onnxruntime's CPU ScatterND adds in float32 only
+            masks = masks.float()
         # padded slots land in the extra slot `num_features`; one more keeps rows of (real, imag) pairs aligned
         summed = masks.new_zeros(batch * frames, self.num_features + 2).index_add_(-1, self.scatter_index, masks)
         return summed[:, : self.num_features].view(batch, frames, self.num_features)
