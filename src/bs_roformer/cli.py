@@ -1,6 +1,7 @@
 """The `bs-roformer` command line, a thin layer over the package."""
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -41,10 +42,27 @@ def model_files(args) -> tuple:
     return args.config, args.checkpoint
 
 
+def onnx_separator(args):
+    """The Separator of `separate --backend onnxruntime`: the model and its settings come from --onnx."""
+    from .export import onnx_separator
+
+    if not args.onnx:
+        raise ValueError("--backend onnxruntime needs --onnx MODEL.onnx (made by `bs-roformer export`)")
+    if args.config or args.checkpoint or args.demo:
+        raise ValueError("--backend onnxruntime takes the model from --onnx: leave out --config, --checkpoint, --demo")
+    if args.precision != "fp32":
+        raise ValueError("an ONNX model's precision is fixed at export (`bs-roformer export --fp16`): "
+                         "leave out --precision")
+    return onnx_separator(args.onnx, args.onnx_provider, chunk_size=args.chunk_size, num_overlap=args.overlap,
+                          batch_size=args.batch_size, tta=args.tta)
+
+
 def separate_command(args) -> int:
     from .separate import Separator
 
-    config, checkpoint = model_files(args)
+    if args.onnx and args.backend != "onnxruntime":
+        raise ValueError("--onnx runs with --backend onnxruntime")
+    config, checkpoint = model_files(args) if args.backend == "torch" else (None, None)
     if not args.inputs:
         if not args.demo:
             raise ValueError("give the audio files or folders to separate")
@@ -57,10 +75,13 @@ def separate_command(args) -> int:
     if not files:
         print("error: nothing to separate", file=sys.stderr)
         return 1
-    separator = Separator.from_files(
-        config, checkpoint, args.model_type, device=args.device, precision=args.precision,
-        chunk_size=args.chunk_size, num_overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
-    )
+    if args.backend == "onnxruntime":
+        separator = onnx_separator(args)
+    else:
+        separator = Separator.from_files(
+            config, checkpoint, args.model_type, device=args.device, precision=args.precision,
+            chunk_size=args.chunk_size, num_overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
+        )
     stems = args.stems.split(",") if args.stems else None
     counts = {"separated": 0, "kept": 0, "failed": len(problems)}
     start, audio_seconds = time.perf_counter(), 0.0
@@ -84,6 +105,21 @@ def separate_command(args) -> int:
     print(f"{counts['separated']} separated, {counts['kept']} kept (outputs exist), {counts['failed']} failed; "
           f"{audio_seconds:.1f} s of audio in {elapsed:.1f} s ({audio_seconds / max(elapsed, 1e-9):.1f}x real time)")
     return 1 if counts["failed"] else 0
+
+
+def export_command(args) -> int:
+    from .export import export_files
+
+    config, checkpoint = model_files(args)
+    try:
+        metadata = export_files(config, checkpoint, args.output, source_id="demo" if args.demo else None,
+                                model_type=args.model_type, chunk_size=args.chunk_size, opset=args.opset,
+                                fp16=args.fp16, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise ValueError(str(error)) from None
+    print(f"wrote {args.output}: {metadata['model_type']}, stems {', '.join(json.loads(metadata['stems']))}, "
+          f"chunks of {metadata['chunk_size']} samples at {metadata['sample_rate']} Hz, {metadata['precision']}")
+    return 0
 
 
 def evaluate_command(args) -> int:
@@ -183,8 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--filename", default="{track}/{stem}.{ext}",
                           help="output path template under OUTPUT, with {track}, {stem}, {ext}")
     separate.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    separate.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                          help="run the model in PyTorch (from -c/-m or --demo) or an exported --onnx model")
+    separate.add_argument("--onnx", type=Path, help="the model exported by `bs-roformer export` (onnxruntime backend)")
+    separate.add_argument("--onnx-provider", default="cpu",
+                          help="onnxruntime execution provider: cpu (default), cuda, tensorrt, directml, coreml")
     separate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     separate.set_defaults(run=separate_command)
+
+    export = commands.add_parser("export", help="export a model to ONNX, STFT and iSTFT inside the graph")
+    export.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
+    export.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
+    export.add_argument("--demo", action="store_true", help="export the small demo model shipped in the package")
+    export.add_argument("--model-type", choices=("bs_roformer", "mel_band_roformer"),
+                        help="override the config's training.model_type")
+    export.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    export.add_argument("--opset", type=int, help="ONNX opset (default 18, the lowest it needs)")
+    export.add_argument("--fp16", action="store_true",
+                        help="the model between STFT and iSTFT in float16 (STFT, masks and iSTFT stay float32)")
+    export.add_argument("--chunk-size", type=int, help="samples per chunk, fixed in the graph (default: the config's)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    export.set_defaults(run=export_command)
 
     evaluate = commands.add_parser("evaluate", help="score separations: global SDR, museval cSDR, SI-SDR, "
                                    "bleedless/fullness")

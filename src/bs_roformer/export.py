@@ -20,8 +20,11 @@ must do around the graph (chunking, fades, overlap-add, resampling) is the algor
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -136,8 +139,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def quiet_exporter():
+    """The exporter's info-level chatter (optional torchvision ops, constant folding it skips) kept to errors."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, config: dict, output: str | Path, *, source_id: str, checkpoint_sha256: str,
-                chunk_size: int | None = None, opset: int = DEFAULT_OPSET, fp16: bool = False,
+                chunk_size: int | None = None, opset: int | None = None, fp16: bool = False,
                 overwrite: bool = False) -> dict:
     """Export `model` (built from `config`) to `output`; returns the metadata written into the file.
 
@@ -150,6 +169,7 @@ def export_onnx(model: nn.Module, config: dict, output: str | Path, *, source_id
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists (use --overwrite to replace it)")
+    opset = opset or DEFAULT_OPSET
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset {opset} is too old: the export needs opset {DEFAULT_OPSET} or newer")
     model = copy.deepcopy(model)  # the Separator and a fp16 export change it
@@ -172,10 +192,11 @@ def export_onnx(model: nn.Module, config: dict, output: str | Path, *, source_id
         "producer": f"bs-roformer {__version__}",
     }
     example = torch.randn(2, wrapper.channels, settings.chunk_size)  # batch 2: torch.export specialises 1
-    program = torch.onnx.export(
-        wrapper, (example,), dynamo=True, input_names=["audio"], output_names=["stems"], opset_version=opset,
-        dynamic_shapes={"audio": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
-    )
+    with quiet_exporter():
+        program = torch.onnx.export(
+            wrapper, (example,), dynamo=True, input_names=["audio"], output_names=["stems"], opset_version=opset,
+            dynamic_shapes={"audio": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
+        )
     program.model.metadata_props.update(metadata)
     part = output.with_name(output.name + ".part")
     output.parent.mkdir(parents=True, exist_ok=True)
