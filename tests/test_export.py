@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 from bs_roformer import BSRoformer, MelBandRoformer  # noqa: E402
 from bs_roformer.cli import main  # noqa: E402
 from bs_roformer.config import load_model  # noqa: E402
-from bs_roformer.export import OnnxModel, export_onnx, file_sha256, onnx_separator  # noqa: E402
+from bs_roformer.export import ExportedRoformer, OnnxModel, export_onnx, file_sha256, onnx_separator  # noqa: E402
 
 CHUNK = 8820  # 0.2 s at 44.1 kHz
 TOLERANCE = 1e-4  # of the largest output
@@ -53,6 +53,20 @@ def export_tiny(model_class, tmp_path, **options):
     path = tmp_path / "model.onnx"
     metadata = export_onnx(model, config, path, source_id="tiny", checkpoint_sha256="0" * 64)
     return model, path, metadata
+
+
+@pytest.mark.parametrize("stft_options", [
+    dict(stft_hop_length=441),
+    dict(stft_hop_length=512, stft_win_length=1536, stft_normalized=True),  # window padded into n_fft; scaled
+])
+def test_real_valued_stft_path_matches_the_model(stft_options):
+    """The graph's computation run eagerly in torch (no export): DFT-basis STFT, real mask multiply, overlap-add iSTFT
+    against torch.stft / torch.istft with complex masks."""
+    torch.manual_seed(0)
+    model = BSRoformer(**TINY, stereo=True, num_stems=2, freqs_per_bands=BS_BANDS, **stft_options).eval()
+    audio = torch.randn(2, 2, CHUNK)
+    with torch.no_grad():
+        assert relative_error(model(audio), ExportedRoformer(model, CHUNK)(audio)) < TOLERANCE
 
 
 @pytest.fixture(scope="module")
