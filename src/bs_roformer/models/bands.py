@@ -100,7 +100,7 @@ class WeightPacker:
         signature = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         cached = self._cache.get(name)
         if cached is None or cached[0] != signature:
-            with torch.no_grad(), torch.inference_mode(False):  # reusable by a later training step (frozen bands)
+            with torch.inference_mode(False), torch.no_grad():  # reusable by a later training step (frozen bands)
                 cached = (signature, build())
             self._cache[name] = cached
         return cached[1]

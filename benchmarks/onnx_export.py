@@ -1,7 +1,9 @@
 """onnxruntime (CPU) against our eager PyTorch fp32 on one chunk, at published sizes and the benchmark size.
 
-    python benchmarks/onnx.py                  # all sizes, 8 s stereo chunks, batch 1, 2 timed repeats
-    python benchmarks/onnx.py --sizes bench128 --repeats 1
+    python benchmarks/onnx_export.py                  # all sizes, 8 s stereo chunks, batch 1, 2 timed repeats
+    python benchmarks/onnx_export.py --sizes bench128 --repeats 1
+
+(Not `onnx.py`: run as a script, that name would shadow the `onnx` package.)
 
 Sizes: Kim's Mel-Band RoFormer (dim 384, depth 6, 60 bands, mask_estimator_depth 2), viperx's BS-RoFormer (dim 512,
 depth 12), and benchmarks/models.py's size (dim 128, depth 6, BS and Mel); random weights, stereo, hop 441, the
