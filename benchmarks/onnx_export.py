@@ -91,7 +91,6 @@ def benchmark(size: str, args, folder: Path) -> str:
     with torch.no_grad():
         torch_seconds = median_time(lambda: model(audio), args.repeats)
     onnx_seconds = median_time(lambda: onnx_model(audio), args.repeats)
-    del onnx_model
     fp16 = ""
     if size == "demo":
         export_onnx(model, config, folder / "demo16.onnx", source_id=size, checkpoint_sha256="-", fp16=True,
