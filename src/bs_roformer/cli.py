@@ -73,17 +73,37 @@ def load_separator(args, **options):
                                 batch_size=args.batch_size, name=name, **options)
 
 
+def onnx_separator(args):
+    """The Separator of `separate --backend onnxruntime`: the model and its settings come from --onnx."""
+    from .export import onnx_separator
+
+    if not args.onnx:
+        raise ValueError("--backend onnxruntime needs --onnx MODEL.onnx (made by `bs-roformer export`)")
+    if args.model or args.config or args.checkpoint or args.demo:
+        raise ValueError("--backend onnxruntime takes the model from --onnx: leave out -n, -c, -m and --demo")
+    if args.precision not in ("auto", "fp32"):
+        raise ValueError("an ONNX model's precision is fixed at export (`bs-roformer export --fp16`): "
+                         "leave out --precision")
+    return onnx_separator(args.onnx, args.onnx_provider, chunk_size=args.chunk_size, num_overlap=args.overlap,
+                          batch_size=args.batch_size, tta=args.tta)
+
+
 def separate_command(args) -> int:
     from .audio import check_template
 
     check_template(args.filename)
+    if args.onnx and args.backend != "onnxruntime":
+        raise ValueError("--onnx runs with --backend onnxruntime")
     tracks, problems = input_tracks(args)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not tracks:
         print("error: nothing to separate", file=sys.stderr)
         return 1
-    separator = load_separator(args, chunk_size=args.chunk_size, num_overlap=args.overlap, tta=args.tta)
+    if args.backend == "onnxruntime":
+        separator = onnx_separator(args)
+    else:
+        separator = load_separator(args, chunk_size=args.chunk_size, num_overlap=args.overlap, tta=args.tta)
     names = separator.output_names(args.stems.split(",") if args.stems else None, args.instrumental)
     check_distinct_outputs(separator, tracks, args.output, args.filename, args.format, names)
     if not args.quiet:
@@ -240,6 +260,20 @@ def pull_command(args) -> int:
     return 0
 
 
+def export_command(args) -> int:
+    import json
+
+    from .export import export_files
+
+    config, checkpoint = model_files(args)
+    metadata = export_files(config, checkpoint, args.output, source_id=args.model or ("demo" if args.demo else None),
+                            model_type=args.model_type, chunk_size=args.chunk_size, opset=args.opset, fp16=args.fp16,
+                            overwrite=args.overwrite)
+    print(f"wrote {args.output}: {metadata['model_type']}, stems {', '.join(json.loads(metadata['stems']))}, "
+          f"chunks of {metadata['chunk_size']} samples at {metadata['sample_rate']} Hz, {metadata['precision']}")
+    return 0
+
+
 def web_command(args) -> int:
     try:
         import fastapi, matplotlib, uvicorn  # noqa: F401, E401  (the web extra)
@@ -339,7 +373,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "name (its folder's for mixture.*), {relpath} its path under the INPUT folder")
     separate.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them, "
                           "and write only the missing ones)")
+    separate.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                          help="run the model in PyTorch (from -n, -c/-m or --demo) or an exported --onnx model")
+    separate.add_argument("--onnx", type=Path, help="the model exported by `bs-roformer export` (onnxruntime backend)")
+    separate.add_argument("--onnx-provider", default="cpu",
+                          help="onnxruntime execution provider: cpu, cuda, tensorrt, directml, coreml")
     separate.set_defaults(run=separate_command)
+
+    export = commands.add_parser("export", help="export a model to ONNX, STFT and iSTFT inside the graph",
+                                 formatter_class=formatter)
+    export.add_argument("-n", "--model", metavar="ID", help="a published model by name (`bs-roformer models`)")
+    export.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
+    export.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
+    export.add_argument("--demo", action="store_true", help="export the small demo model shipped in the package")
+    export.add_argument("--model-type", help="override the config's training.model_type")
+    export.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    export.add_argument("--opset", type=positive_int, help="ONNX opset (default 18, the lowest it needs)")
+    export.add_argument("--fp16", action="store_true",
+                        help="the model between STFT and iSTFT in float16 (STFT, masks and iSTFT stay float32)")
+    export.add_argument("--chunk-size", type=positive_int, help="samples per chunk, fixed in the graph (default: the "
+                        "config's)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    export.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
+    export.set_defaults(run=export_command)
 
     evaluate = commands.add_parser(
         "evaluate", formatter_class=formatter,

@@ -67,12 +67,23 @@ class RotaryEmbedding(nn.Module):
         x's dtype).
 
         With autograd the product is out of place, whose backward is one multiply (an in-place product's backward
-        copies and zero-fills the views, ~10x slower). Without, `x` (a fresh projection) is rotated in place."""
+        copies and zero-fills the views, ~10x slower). Without, `x` (a fresh projection) is rotated in place.
+        Under `torch.export` (the ONNX export), in real arithmetic: ONNX has no complex tensors."""
+        if torch.compiler.is_exporting():
+            return self.rotate_real(x).to(dtype or x.dtype)
         if torch.is_grad_enabled() and x.requires_grad:
             table = self.rotation(x.shape[1], x.device)[:, None]
             pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
             return torch.view_as_real(pairs * table).flatten(-2).to(dtype or x.dtype)
         return self.rotate_(x).to(dtype or x.dtype)
+
+    def rotate_real(self, x: torch.Tensor) -> torch.Tensor:
+        """The rotation of `rotate` as float32 cos/sin products on the (even, odd) pairs of the head dimension."""
+        positions = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)
+        angles = positions[:, None] * self.freqs.detach().to(device=x.device, dtype=torch.float32)[None, :]
+        cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (seq, 1, dim_head / 2)
+        even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
 
     def rotate_(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate (batch, seq, heads, dim_head) without autograd into `out` (any strides; default x itself): float32

@@ -63,7 +63,7 @@ class WeightPacker:
         signature = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         cached = self._cache.get(name)
         if cached is None or cached[0] != signature:
-            with torch.no_grad(), torch.inference_mode(False):  # reusable by a later training step (frozen bands)
+            with torch.inference_mode(False), torch.no_grad():  # reusable by a later training step (frozen bands)
                 cached = (signature, build())
             self._cache[name] = cached
         return cached[1]
@@ -216,6 +216,8 @@ class MaskEstimator(_GroupedBands):
             out = F.glu(torch.baddbmm(bias.to(bands.dtype), bands, weight), dim=-1)  # (bands, batch * frames, width)
             masks.append(out.transpose(0, 1).flatten(1))
         masks = torch.cat(masks, dim=-1)
+        if torch.compiler.is_exporting():  # fp16 ONNX exports: onnxruntime's CPU ScatterND adds in float32 only
+            masks = masks.float()
         # padded slots land in the extra slot `num_features`; one more keeps rows of (real, imag) pairs aligned
         summed = masks.new_zeros(batch * frames, self.num_features + 2).index_add_(-1, self.scatter_index, masks)
         return summed[:, : self.num_features].view(batch, frames, self.num_features)

@@ -190,6 +190,20 @@ class Roformer(nn.Module):
             self._transform = torch.compile(self._transform, fullgraph=True, **options)
         return self
 
+    def estimate_masks(self, features: torch.Tensor, active_stem_ids: list[int] | None = None) -> torch.Tensor:
+        """The real-valued core between the STFT and the iSTFT: spectral features (b, T, f * s * 2) in (bin, channel,
+        real/imag) order -> float32 masks (b, n, T, f * s * 2) in the same order, n the active stems (all by
+        default; `bs_roformer.export` runs it between its own real-valued STFT and iSTFT)."""
+        x = self.band_split(features)
+        x = self._transform(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        heads = self.mask_estimators if active_stem_ids is None else [self.mask_estimators[i] for i in active_stem_ids]
+        masks = torch.stack([estimator(x) for estimator in heads], dim=1).float()
+        if self.averages_overlaps:
+            masks = masks * self.inverse_band_count
+        return masks
+
     def forward(self, raw_audio: torch.Tensor, target: torch.Tensor | None = None, return_loss_breakdown=False,
                 active_stem_ids: list[int] | None = None):
         """raw_audio (b, t) or (b, s, t) -> stems (b, s, t) for one stem, (b, n, s, t) for several.
@@ -204,15 +218,8 @@ class Roformer(nn.Module):
         # features in (bin, channel, real/imag) order per frame: the order the band weights expect
         features = torch.view_as_real(spec).permute(0, 3, 2, 1, 4).reshape(b, frames, -1)
 
-        x = self.band_split(features)
-        x = self._transform(x)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        heads = self.mask_estimators if active_stem_ids is None else [self.mask_estimators[i] for i in active_stem_ids]
-        masks = torch.stack([estimator(x) for estimator in heads], dim=1).float()
-        if self.averages_overlaps:
-            masks = masks * self.inverse_band_count
-        masks = torch.view_as_complex(masks.view(b, len(heads), frames, -1, s, 2))
+        masks = self.estimate_masks(features, active_stem_ids)
+        masks = torch.view_as_complex(masks.view(b, masks.shape[1], frames, -1, s, 2))
 
         stems = spec.permute(0, 3, 2, 1).unsqueeze(1) * masks  # (b, n, T, f, s)
         stems = stems.permute(0, 1, 4, 3, 2)  # (b, n, s, f, T)
