@@ -48,8 +48,8 @@ class Job:
 
     @classmethod
     def from_environment(cls) -> "Job":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
 
     def device(self, device: str) -> str:
         """The device a rank separates on: under torchrun, `auto` or `cuda` means the GPU numbered LOCAL_RANK."""
@@ -427,10 +427,10 @@ def separate_tracks(separator, tracks: list[Track] | None, names: list[str], arg
     watcher = None
     if job.rank == 0 and job.world > 1 and not args.quiet:
         watcher = JobProgress(out_dir, plan)
-    report = print_file_report if job.world == 1 else None
+    report = print_file_report if job.world == 1 and not args.quiet else report_errors_only
     try:
         result = separate_share(separator, share, out_dir, options, ledger, settings, plan.run, job.rank,
-                                report=report if not args.quiet else report_errors_only)
+                                report=report)
         if result.stopped:
             print(f"{result.stopped}: the file being separated was abandoned ({result.separated} file(s) done "
                   f"before it, recorded in {ledger.path})", file=sys.stderr)
@@ -453,6 +453,9 @@ def separate_tracks(separator, tracks: list[Track] | None, names: list[str], arg
         return 0  # torchrun stops every rank when one exits non-zero; rank 0 reports the job's failures
     finished = wait_for_ranks(out_dir, plan, job.world)
     print(job_summary(finished, plan, failed))
+    if any(record["failed"] for record in finished.values()):
+        print(f"the failed files and their errors: the lines with \"status\": \"failed\" in "
+              f"{ledger_folder(out_dir)}", file=sys.stderr)
     failures = failed + sum(record["failed"] for record in finished.values())
     return 1 if failures else 0
 

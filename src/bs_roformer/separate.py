@@ -214,11 +214,11 @@ class Separator:
                 raise FileExistsError(f"outputs exist (use --overwrite to replace them): "
                                       f"{', '.join(map(str, outputs.values()))}")
             outputs = missing
-        with reader or AudioReader(path) as reader:
-            info = reader.info
+        with reader or AudioReader(path) as audio:
+            info = audio.info
             check_channels(info.channels)
             seconds = info.frames / info.sample_rate
-            cleaned = CleanBlocks(reader.blocks())
+            cleaned = CleanBlocks(audio.blocks())
             for_model, for_instrumental = itertools.tee(cleaned)
             bar = FileProgress(progress, path.name, seconds)
             try:
