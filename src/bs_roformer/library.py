@@ -5,7 +5,7 @@ ledger that makes every run resumable.
 
 - The plan: rank 0 lists the files, leaves out those the ledger records as done (same file, same model and
   settings, outputs on disk), and deals the rest out largest first, each to the least-loaded rank, so that ranks
-  finish together; the shares are broadcast (torch.distributed: gloo on the CPU, NCCL on GPUs, as training does).
+  finish together; the shares are broadcast (torch.distributed, gloo: see `start_process_group`).
   That broadcast is the only collective: a rank that finishes early or crashes never makes another wait in one.
 - The ledger: `OUT/.ledger/rank-R.jsonl`, one JSON line per file, appended, flushed and fsynced when the file is
   done (all its stems renamed into place) or has failed; a rank that dies loses only the file it was on. A rerun of
@@ -61,13 +61,13 @@ class Job:
         return device
 
 
-def start_process_group(job: Job, device) -> None:
+def start_process_group(job: Job) -> None:
+    """gloo, on GPUs too: the job's one collective carries the plan, a Python object, from rank 0 (NCCL would want
+    a GPU of its own per process, and GPU buffers, for nothing)."""
     import torch
 
     if job.world > 1 and not torch.distributed.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.distributed.init_process_group("gloo")
 
 
 # ---- the ledger ----------------------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def separate_tracks(separator, tracks: list[Track] | None, names: list[str], arg
     143 on SIGTERM."""
     out_dir = Path(args.output)
     settings = job_settings(separator, names, args.format, args.filename)
-    start_process_group(job, separator.device)
+    start_process_group(job)
     plan = shared_plan(make_plan(tracks, out_dir, settings, job.world, args.overwrite) if job.rank == 0 else None,
                        job)
     share = plan.shares[job.rank]
