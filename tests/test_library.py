@@ -203,11 +203,12 @@ def test_two_ranks_separate_each_file_once_as_one_process_does(tmp_path, model_f
     one = subprocess.run([sys.executable, "-m", "bs_roformer", "separate", str(tmp_path / "songs"), *model_files,
                           "-o", str(tmp_path / "one"), "-q"], env=environment(), capture_output=True, text=True,
                          check=False)
-    two = torchrun([str(tmp_path / "songs"), *model_files, "-o", str(tmp_path / "two"), "-q"])
+    two = torchrun([str(tmp_path / "songs"), *model_files, "-o", str(tmp_path / "two")])
     stdout, stderr = two.communicate(timeout=300)
     assert one.returncode == 1 and two.returncode != 0, stderr  # the broken file
     assert "5 separated, 0 kept (outputs exist), 1 failed on 2 ranks" in stdout, stderr
     assert stdout.count("separated") == 1 and "rank 1:" in stdout
+    assert "job: 6/6 files (1 failed)" in stderr and stderr.count("broken.wav: not an audio file") == 1
     records = ledger_lines(tmp_path / "two")
     assert done_inputs(tmp_path / "two") == sorted(map(str, songs))
     assert {r["rank"] for r in records if "status" in r} == {0, 1}

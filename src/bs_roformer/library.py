@@ -439,6 +439,7 @@ def separate_tracks(separator, tracks: list[Track] | None, names: list[str], arg
                        "separated": result.separated, "kept": result.kept, "failed": result.failed,
                        "audio_seconds": round(result.audio_seconds, 3),
                        "wall_seconds": round(result.wall_seconds, 3)})
+        finished = wait_for_ranks(out_dir, plan, job.world) if job.rank == 0 and job.world > 1 else None
     finally:
         ledger.close()
         if watcher is not None:
@@ -451,7 +452,6 @@ def separate_tracks(separator, tracks: list[Track] | None, names: list[str], arg
         return 1 if total_failed else 0
     if job.rank != 0:
         return 0  # torchrun stops every rank when one exits non-zero; rank 0 reports the job's failures
-    finished = wait_for_ranks(out_dir, plan, job.world)
     print(job_summary(finished, plan, failed))
     if any(record["failed"] for record in finished.values()):
         print(f"the failed files and their errors: the lines with \"status\": \"failed\" in "
@@ -536,5 +536,7 @@ class JobProgress:
                   f"of audio, {self.audio_seconds / max(elapsed, 1e-9):.1f} audio-s per s", file=sys.stderr)
 
     def stop(self):
+        """Stop, after a last look at the ledgers."""
         self.stopping.set()
         self.thread.join()
+        self.update()
