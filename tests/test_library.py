@@ -135,6 +135,8 @@ def test_files_from_a_list_and_stdin_keep_folders_apart(tmp_path, model_files, m
     captured = capsys.readouterr()
     assert "missing.wav: no such file (listed in -)" in captured.err
     assert (tmp_path / "out2" / "model" / "song" / "vocals.wav").is_file()  # one file: its name
+    assert main(["separate", "--files-from", str(tmp_path / "nolist.txt"), *model_files, "-q"]) == 1
+    assert f"--files-from {tmp_path / 'nolist.txt'}: cannot read the list" in capsys.readouterr().err
 
 
 def test_same_names_in_two_input_folders_are_still_refused(tmp_path, model_files, capsys):

@@ -205,7 +205,10 @@ def shared_plan(plan: Plan | None, job: Job) -> Plan:
 def listed_tracks(source: str) -> tuple[list[Track], list[str]]:
     """The files named in a list (one path a line; `-`: standard input), as tracks whose {relpath} is their path
     under the listed files' common folder, so that files of the same name in different folders stay apart."""
-    lines = sys.stdin.read().splitlines() if source == "-" else Path(source).read_text().splitlines()
+    try:
+        lines = sys.stdin.read().splitlines() if source == "-" else Path(source).read_text().splitlines()
+    except OSError as error:
+        raise FileNotFoundError(f"--files-from {source}: cannot read the list ({error.strerror})") from None
     paths = [Path(os.path.abspath(line.strip())) for line in lines if line.strip()]
     files = [path for path in paths if path.is_file()]
     problems = [f"{path}: no such file (listed in {source})" for path in paths if not path.is_file()]
