@@ -17,8 +17,8 @@ needs the memory of a one-minute one:
 the web page and scale-out reuse it.
 """
 
-import itertools
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,11 +219,12 @@ class Separator:
             check_channels(info.channels)
             seconds = info.frames / info.sample_rate
             cleaned = CleanBlocks(audio.blocks())
-            for_model, for_instrumental = itertools.tee(cleaned)
+            wants_instrumental = "instrumental" in outputs
+            for_model, for_instrumental = two_readers(cleaned) if wants_instrumental else (iter(cleaned), None)
             bar = FileProgress(progress, path.name, seconds)
             try:
                 stem_blocks = self.stem_blocks(for_model, info.sample_rate, info.frames, info.channels, bar.advance)
-                if "instrumental" in outputs:
+                if wants_instrumental:
                     stem_blocks = with_instrumental(stem_blocks, for_instrumental, self.target)
                 write_stems(stem_blocks, outputs, info.sample_rate, info.channels, output_format)
             finally:
@@ -284,6 +285,22 @@ def with_instrumental(stem_blocks: Iterator[dict], mix: Iterator[torch.Tensor], 
     mix = SampleQueue(mix)
     for block in stem_blocks:
         yield {**block, "instrumental": mix.take(block[target].shape[-1]) - block[target]}
+
+
+def two_readers(blocks) -> tuple[Iterator, Iterator]:
+    """Two iterators over one stream of blocks (the model's and the instrumental's) that keep only the blocks the
+    slower one has not read yet; itertools.tee frees items in groups of 57, here minutes of audio."""
+    source, unread = iter(blocks), (deque(), deque())
+
+    def reader(own: deque, other: deque):
+        while own or (block := next(source, None)) is not None:
+            if own:
+                yield own.popleft()
+            else:
+                other.append(block)
+                yield block
+
+    return reader(*unread), reader(*reversed(unread))
 
 
 class SampleQueue:
