@@ -350,7 +350,8 @@ def separate_share(separator, tracks: list[Track], out_dir: Path, options: dict,
     all exist are kept. `report(track, result_or_error)` is called after each file. SIGTERM and Ctrl-C abandon the
     current file (no partial output, no ledger line) and end the share."""
     result, start = ShareResult(), time.perf_counter()
-    previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    previous_handler = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     opened = PrefetchedReader if prefetch else AudioReader
     upcoming = None
     try:
@@ -397,7 +398,8 @@ def separate_share(separator, tracks: list[Track], out_dir: Path, options: dict,
     except Terminated:
         result.stopped = "terminated"
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
         if upcoming is not None:
             upcoming.close()
     result.wall_seconds = time.perf_counter() - start
