@@ -7,7 +7,6 @@ before anything heavy is loaded, and `--help` answers at once. Each command impo
 import argparse
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -89,71 +88,52 @@ def onnx_separator(args):
 
 
 def separate_command(args) -> int:
+    """Separate the inputs, in this process or, under torchrun, in every rank's share of them (library.py): rank 0
+    lists the files and reports, and the ledger in OUTPUT/.ledger makes every run resumable."""
     from .audio import check_template
+    from .library import Job, separate_tracks
 
     check_template(args.filename)
     if args.onnx and args.backend != "onnxruntime":
         raise ValueError("--onnx runs with --backend onnxruntime")
-    tracks, problems = input_tracks(args)
+    job = Job.from_environment()
+    tracks, problems = input_tracks(args) if job.rank == 0 else (None, [])
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    if not tracks:
+    if job.rank == 0 and not tracks:
         print("error: nothing to separate", file=sys.stderr)
         return 1
+    args.device = job.device(args.device)
     if args.backend == "onnxruntime":
         separator = onnx_separator(args)
     else:
         separator = load_separator(args, chunk_size=args.chunk_size, num_overlap=args.overlap, tta=args.tta)
     names = separator.output_names(args.stems.split(",") if args.stems else None, args.instrumental)
-    check_distinct_outputs(separator, tracks, args.output, args.filename, args.format, names)
-    if not args.quiet:
-        print(separator.describe(), file=sys.stderr)
-    return separate_tracks(separator, tracks, names, args, failed=len(problems))
+    if job.rank == 0:
+        check_distinct_outputs(separator, tracks, args.output, args.filename, args.format, names)
+        if not args.quiet:
+            print(separator.describe(), file=sys.stderr)
+    return separate_tracks(separator, tracks, names, args, job, failed=len(problems))
 
 
 def input_tracks(args) -> tuple[list, list[str]]:
-    """The tracks to separate from INPUT (the demo clip for --demo with no INPUT), and the inputs that are not."""
+    """The tracks to separate from INPUT and --files-from (the demo clip for --demo with neither), and the inputs
+    that are not."""
     from .audio import find_audio
+    from .library import listed_tracks
 
     inputs = args.inputs
-    if not inputs:
+    if not inputs and not args.files_from:
         if not args.demo:
-            raise ValueError("give the audio files or folders to separate")
+            raise ValueError("give the audio files or folders to separate (or a list of files with --files-from)")
         from . import demo
 
         inputs = [demo.CLIP]
-    return find_audio(inputs, exclude=args.output)
-
-
-def separate_tracks(separator, tracks, names: list[str], args, failed: int = 0) -> int:
-    """Separate each track, report each, then a summary; the exit status is 1 if any failed, 130 on Ctrl-C."""
-    counts = {"separated": 0, "kept": 0, "failed": failed}
-    start, audio_seconds = time.perf_counter(), 0.0
-    for track in tracks:
-        try:
-            result = separator.separate_file(
-                track.path, args.output, template=args.filename, output_format=args.format, stems=names,
-                overwrite=args.overwrite, progress=not args.quiet, track=track,
-            )
-            counts["separated"] += 1
-            audio_seconds += result.seconds
-            if not args.quiet:
-                print(f"{track.path} -> {', '.join(map(str, result.paths))}")
-        except FileExistsError as error:
-            counts["kept"] += 1
-            print(f"skipped {track.path}: {error}", file=sys.stderr)
-        except (AudioError, ValueError, OSError) as error:
-            counts["failed"] += 1
-            message = str(error) if str(track.path) in str(error) else f"{track.path}: {error}"
-            print(f"error: {message}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print(f"interrupted: no outputs written for {track.path} ({counts['separated']} file(s) done before it)",
-                  file=sys.stderr)
-            return 130
-    elapsed = time.perf_counter() - start
-    print(f"{counts['separated']} separated, {counts['kept']} kept (outputs exist), {counts['failed']} failed; "
-          f"{audio_seconds:.1f} s of audio in {elapsed:.1f} s ({audio_seconds / max(elapsed, 1e-9):.1f}x real time)")
-    return 1 if counts["failed"] else 0
+    tracks, problems = find_audio(inputs, exclude=args.output) if inputs else ([], [])
+    if args.files_from:
+        listed, unlisted = listed_tracks(args.files_from)
+        tracks, problems = tracks + listed, problems + unlisted
+    return tracks, problems
 
 
 def check_distinct_outputs(separator, tracks, out_dir: Path, template: str, output_format: str, names: list[str]):
@@ -371,8 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--filename", default=DEFAULT_TEMPLATE, help="output path template under OUTPUT, with "
                           f"{', '.join('{' + field + '}' for field in TEMPLATE_FIELDS)}: {{track}} is the file's "
                           "name (its folder's for mixture.*), {relpath} its path under the INPUT folder")
-    separate.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them, "
-                          "and write only the missing ones)")
+    separate.add_argument("--overwrite", action="store_true", help="replace existing outputs, and redo the files "
+                          "the ledger (OUTPUT/.ledger) records as done (default: keep them, and write only the "
+                          "missing ones)")
+    separate.add_argument("--files-from", metavar="LIST", help="also separate the files named in LIST, one path a "
+                          "line (- reads standard input); {relpath} is then the path under their common folder")
     separate.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
                           help="run the model in PyTorch (from -n, -c/-m or --demo) or an exported --onnx model")
     separate.add_argument("--onnx", type=Path, help="the model exported by `bs-roformer export` (onnxruntime backend)")

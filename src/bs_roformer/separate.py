@@ -193,11 +193,13 @@ class Separator:
 
     def separate_file(self, path, out_dir, *, template: str = DEFAULT_TEMPLATE, output_format: str = "wav32f",
                       stems: list[str] | None = None, instrumental: bool = False, overwrite: bool = False,
-                      progress: bool | Callable[[float, float], None] = True, track: Track | None = None
-                      ) -> FileResult:
+                      progress: bool | Callable[[float, float], None] = True, track: Track | None = None,
+                      reader: AudioReader | None = None) -> FileResult:
         """Separate one audio file into stem files at the file's rate, length and channel count, streaming in
         blocks. Outputs that exist are kept (FileExistsError when all do) unless `overwrite`; the missing ones are
-        written. `progress`: a tqdm bar (True), nothing (False), or `progress(done_seconds, total_seconds)`."""
+        written. `progress`: a tqdm bar (True), nothing (False), or `progress(done_seconds, total_seconds)`.
+        `reader`: the file already opened (an AudioReader, or one with its `info`, `blocks()` and `close()`, as the
+        library's read-ahead); it is closed here when the file is read."""
         check_template(template)
         if output_format not in OUTPUT_FORMATS:
             raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
@@ -212,11 +214,11 @@ class Separator:
                 raise FileExistsError(f"outputs exist (use --overwrite to replace them): "
                                       f"{', '.join(map(str, outputs.values()))}")
             outputs = missing
-        with AudioReader(path) as reader:
-            info = reader.info
+        with reader or AudioReader(path) as audio:
+            info = audio.info
             check_channels(info.channels)
             seconds = info.frames / info.sample_rate
-            cleaned = CleanBlocks(reader.blocks())
+            cleaned = CleanBlocks(audio.blocks())
             wants_instrumental = "instrumental" in outputs
             for_model, for_instrumental = two_readers(cleaned) if wants_instrumental else (iter(cleaned), None)
             bar = FileProgress(progress, path.name, seconds)
