@@ -39,7 +39,106 @@ class FileResult:
     seconds: float
 
 
-class Separator:
+class FileSeparator:
+    """What separates tensors and files given `stem_blocks`: the base of `Separator` and of
+    `ensemble.EnsembleSeparator`. A subclass sets `name`, `stems`, `target` (the stem the instrumental is the
+    mixture minus) and `sample_rate` (the default rate of `separate`), and defines `stem_blocks`."""
+
+    name: str
+    stems: list[str]
+    target: str
+    sample_rate: int
+
+    def stem_blocks(self, mix: Iterator[torch.Tensor], sample_rate: int, frames: int, channels: int,
+                    progress: Callable[[float], None] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def separate(self, audio, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
+        """audio (channels, samples) or (samples,) at `sample_rate` (default: the model's) -> {stem: tensor of the
+        same shape and rate}. NaN and infinite samples are replaced by 0, with a warning."""
+        if not isinstance(audio, torch.Tensor):
+            raise TypeError(f"audio must be a torch.Tensor shaped (channels, samples), got {type(audio).__name__} "
+                            "(for a numpy array, pass torch.from_numpy(array))")
+        if audio.ndim not in (1, 2):
+            raise ValueError(f"audio must be shaped (channels, samples) or (samples,), got shape {tuple(audio.shape)}")
+        if sample_rate is not None and (not isinstance(sample_rate, int) or sample_rate <= 0):
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        squeeze = audio.ndim == 1
+        audio = audio.reshape(1, -1) if squeeze else audio
+        check_channels(audio.shape[0])
+        if audio.shape[-1] == 0:
+            raise ValueError("the audio is empty (0 samples)")
+        cleaned = CleanBlocks([audio.detach().float().cpu().numpy()])
+        blocks = list(self.stem_blocks(iter(cleaned), sample_rate or self.sample_rate, audio.shape[-1],
+                                       audio.shape[0]))
+        if cleaned.replaced:
+            warnings.warn(f"{cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
+        stems = {stem: torch.cat([block[stem] for block in blocks], dim=-1) for stem in self.stems}
+        return {stem: audio[0] if squeeze else audio for stem, audio in stems.items()}
+
+    # ---- files ---------------------------------------------------------------------------------------------------
+
+    def output_names(self, stems: list[str] | None = None, instrumental: bool = False) -> list[str]:
+        """The outputs asked for: model stems, plus "instrumental" (the mixture minus the target stem)."""
+        names = list(stems or self.stems)
+        known = [*self.stems, "instrumental"]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown stem(s) {', '.join(unknown)}: this model gives {', '.join(self.stems)} "
+                             "(and instrumental)")
+        if instrumental and "instrumental" not in names:
+            names.append("instrumental")
+        return list(dict.fromkeys(names))
+
+    def output_paths(self, track: Track, out_dir: Path, template: str, output_format: str,
+                     names: list[str]) -> dict[str, Path]:
+        """{output name: path} for a track; the template's fields are TEMPLATE_FIELDS."""
+        extension = OUTPUT_FORMATS[output_format][0]
+        fields = dict(model=self.name, track=track.name, relpath=track.relpath, ext=extension)
+        return {name: Path(out_dir) / template.format(**fields, stem=name) for name in names}
+
+    def separate_file(self, path, out_dir, *, template: str = DEFAULT_TEMPLATE, output_format: str = "wav32f",
+                      stems: list[str] | None = None, instrumental: bool = False, overwrite: bool = False,
+                      progress: bool | Callable[[float, float], None] = True, track: Track | None = None
+                      ) -> FileResult:
+        """Separate one audio file into stem files at the file's rate, length and channel count, streaming in
+        blocks. Outputs that exist are kept (FileExistsError when all do) unless `overwrite`; the missing ones are
+        written. `progress`: a tqdm bar (True), nothing (False), or `progress(done_seconds, total_seconds)`."""
+        check_template(template)
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such audio file: {path}")
+        track = track or Track.of(path)
+        outputs = self.output_paths(track, Path(out_dir), template, output_format, self.output_names(stems, instrumental))
+        if not overwrite:
+            missing = {name: file for name, file in outputs.items() if not file.exists()}
+            if not missing:
+                raise FileExistsError(f"outputs exist (use --overwrite to replace them): "
+                                      f"{', '.join(map(str, outputs.values()))}")
+            outputs = missing
+        with AudioReader(path) as reader:
+            info = reader.info
+            check_channels(info.channels)
+            seconds = info.frames / info.sample_rate
+            cleaned = CleanBlocks(reader.blocks())
+            for_model, for_instrumental = itertools.tee(cleaned)
+            bar = FileProgress(progress, path.name, seconds)
+            try:
+                stem_blocks = self.stem_blocks(for_model, info.sample_rate, info.frames, info.channels, bar.advance)
+                if "instrumental" in outputs:
+                    stem_blocks = with_instrumental(stem_blocks, for_instrumental, self.target)
+                write_stems(stem_blocks, outputs, info.sample_rate, info.channels, output_format)
+            finally:
+                bar.close()
+        if cleaned.replaced:
+            warnings.warn(f"{path}: {cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
+        return FileResult(list(outputs.values()), seconds)
+
+
+
+class Separator(FileSeparator):
     """Separates songs with a Roformer model. Build it with `Separator.from_files(config, checkpoint)` (or
     `Separator.demo()`, or from a model and its config dict), then call `separate(audio, sample_rate)` on tensors or
     `separate_file(path, out_dir)` on files.
@@ -146,90 +245,6 @@ class Separator:
         at_file_rate = fit_stream_length(resample(flat, self.sample_rate, sample_rate, len(self.stems) * channels),
                                          frames)
         yield from split_stems(at_file_rate, self.stems, channels)
-
-    def separate(self, audio, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
-        """audio (channels, samples) or (samples,) at `sample_rate` (default: the model's) -> {stem: tensor of the
-        same shape and rate}. NaN and infinite samples are replaced by 0, with a warning."""
-        if not isinstance(audio, torch.Tensor):
-            raise TypeError(f"audio must be a torch.Tensor shaped (channels, samples), got {type(audio).__name__} "
-                            "(for a numpy array, pass torch.from_numpy(array))")
-        if audio.ndim not in (1, 2):
-            raise ValueError(f"audio must be shaped (channels, samples) or (samples,), got shape {tuple(audio.shape)}")
-        if sample_rate is not None and (not isinstance(sample_rate, int) or sample_rate <= 0):
-            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        squeeze = audio.ndim == 1
-        audio = audio.reshape(1, -1) if squeeze else audio
-        check_channels(audio.shape[0])
-        if audio.shape[-1] == 0:
-            raise ValueError("the audio is empty (0 samples)")
-        cleaned = CleanBlocks([audio.detach().float().cpu().numpy()])
-        blocks = list(self.stem_blocks(iter(cleaned), sample_rate or self.sample_rate, audio.shape[-1],
-                                       audio.shape[0]))
-        if cleaned.replaced:
-            warnings.warn(f"{cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
-        stems = {stem: torch.cat([block[stem] for block in blocks], dim=-1) for stem in self.stems}
-        return {stem: audio[0] if squeeze else audio for stem, audio in stems.items()}
-
-    # ---- files ---------------------------------------------------------------------------------------------------
-
-    def output_names(self, stems: list[str] | None = None, instrumental: bool = False) -> list[str]:
-        """The outputs asked for: model stems, plus "instrumental" (the mixture minus the target stem)."""
-        names = list(stems or self.stems)
-        known = [*self.stems, "instrumental"]
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise ValueError(f"unknown stem(s) {', '.join(unknown)}: this model gives {', '.join(self.stems)} "
-                             "(and instrumental)")
-        if instrumental and "instrumental" not in names:
-            names.append("instrumental")
-        return list(dict.fromkeys(names))
-
-    def output_paths(self, track: Track, out_dir: Path, template: str, output_format: str,
-                     names: list[str]) -> dict[str, Path]:
-        """{output name: path} for a track; the template's fields are TEMPLATE_FIELDS."""
-        extension = OUTPUT_FORMATS[output_format][0]
-        fields = dict(model=self.name, track=track.name, relpath=track.relpath, ext=extension)
-        return {name: Path(out_dir) / template.format(**fields, stem=name) for name in names}
-
-    def separate_file(self, path, out_dir, *, template: str = DEFAULT_TEMPLATE, output_format: str = "wav32f",
-                      stems: list[str] | None = None, instrumental: bool = False, overwrite: bool = False,
-                      progress: bool | Callable[[float, float], None] = True, track: Track | None = None
-                      ) -> FileResult:
-        """Separate one audio file into stem files at the file's rate, length and channel count, streaming in
-        blocks. Outputs that exist are kept (FileExistsError when all do) unless `overwrite`; the missing ones are
-        written. `progress`: a tqdm bar (True), nothing (False), or `progress(done_seconds, total_seconds)`."""
-        check_template(template)
-        if output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such audio file: {path}")
-        track = track or Track.of(path)
-        outputs = self.output_paths(track, Path(out_dir), template, output_format, self.output_names(stems, instrumental))
-        if not overwrite:
-            missing = {name: file for name, file in outputs.items() if not file.exists()}
-            if not missing:
-                raise FileExistsError(f"outputs exist (use --overwrite to replace them): "
-                                      f"{', '.join(map(str, outputs.values()))}")
-            outputs = missing
-        with AudioReader(path) as reader:
-            info = reader.info
-            check_channels(info.channels)
-            seconds = info.frames / info.sample_rate
-            cleaned = CleanBlocks(reader.blocks())
-            for_model, for_instrumental = itertools.tee(cleaned)
-            bar = FileProgress(progress, path.name, seconds)
-            try:
-                stem_blocks = self.stem_blocks(for_model, info.sample_rate, info.frames, info.channels, bar.advance)
-                if "instrumental" in outputs:
-                    stem_blocks = with_instrumental(stem_blocks, for_instrumental, self.target)
-                write_stems(stem_blocks, outputs, info.sample_rate, info.channels, output_format)
-            finally:
-                bar.close()
-        if cleaned.replaced:
-            warnings.warn(f"{path}: {cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
-        return FileResult(list(outputs.values()), seconds)
-
 
 # ---- the steps -----------------------------------------------------------------------------------------------------
 
