@@ -43,6 +43,9 @@ def model_files(args) -> list[tuple]:
     """(config, checkpoint, name) of each model the options give, in this order: -c/-m, --demo (the shipped demo
     model), each -n ID (a published model, downloaded on first use), each --member CONFIG CHECKPOINT."""
     members = []
+    if args.demo and (args.config or args.checkpoint):
+        raise ValueError("--demo uses the shipped demo model: leave out --config and --checkpoint (ensemble it "
+                         "with other models through --member CONFIG CHECKPOINT or -n ID)")
     if args.config or args.checkpoint:
         if not (args.config and args.checkpoint):
             raise ValueError(NO_MODEL)
