@@ -104,8 +104,8 @@ class WaveCombiner:
 class SpectralCombiner:
     """Combines (members, channels, n) blocks bin by bin in the STFT of the module docstring, streaming: frames are
     taken as soon as their samples are in, and output samples are given once no later frame overlaps them, so the
-    output lags the input by less than N_FFT samples. Frames are overlap-added one at a time in order, so each
-    output sample is the same sum however the stream is cut into blocks (bit for bit with min_spec and max_spec;
+    output lags the input by less than N_FFT samples. Each output sample sums its frames oldest first, so it is
+    the same sum however the stream is cut into blocks (bit for bit with min_spec and max_spec;
     mean_spec and median_spec can differ by a float ulp, from torch's vectorised polar and angle)."""
 
     def __init__(self, combine: Callable, weights: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP):
@@ -134,9 +134,15 @@ class SpectralCombiner:
         frames = self.pending[..., : (count - 1) * self.hop + self.n_fft].unfold(-1, self.n_fft, self.hop)
         spectra = torch.fft.rfft(frames * self.window, dim=-1)  # (members, channels, count, bins)
         combined = torch.fft.irfft(self.combine(spectra, self.weights), n=self.n_fft, dim=-1) * self.window
-        out = torch.cat([self.tail, stack.new_zeros(self.channels, count * self.hop)], dim=-1)
-        for index in range(count):
-            out[:, index * self.hop : index * self.hop + self.n_fft] += combined[:, index]
+        # overlap-add in hops: frame i's part r lands on hop i + r; adding r = R-1 down to 0 adds each hop's frames
+        # oldest first, after the tail (older frames still): the same order for any cut of the stream
+        overlaps = self.n_fft // self.hop
+        parts = combined.reshape(self.channels, count, overlaps, self.hop)
+        out = torch.cat([self.tail.reshape(self.channels, overlaps - 1, self.hop),
+                         stack.new_zeros(self.channels, count, self.hop)], dim=1)
+        for part in reversed(range(overlaps)):
+            out[:, part : part + count] += parts[:, :, part]
+        out = out.reshape(self.channels, -1)
         self.pending = self.pending[..., count * self.hop :]
         self.tail = out[:, count * self.hop :]
         done = out[:, : count * self.hop] / self.norm.repeat(count)
