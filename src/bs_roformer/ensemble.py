@@ -59,14 +59,25 @@ def median(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (ordered[(count - 1) // 2] + ordered[count // 2]) / 2
 
 
+def by_magnitude(stack: torch.Tensor, better: Callable) -> torch.Tensor:
+    """Per element, the member value whose magnitude is `better` than every earlier member's (the first on ties);
+    a running choice over members, which is much faster than an argmax over the members' dimension."""
+    chosen, chosen_magnitude = stack[0], stack[0].abs()
+    for values in stack[1:]:
+        magnitude = values.abs()
+        take = better(magnitude, chosen_magnitude)
+        chosen, chosen_magnitude = torch.where(take, values, chosen), torch.where(take, magnitude, chosen_magnitude)
+    return chosen
+
+
 def smallest(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per element, the member value of the smallest magnitude (complex values: the whole value; weights unused)."""
-    return stack.gather(0, stack.abs().argmin(0, keepdim=True))[0]
+    return by_magnitude(stack, torch.lt)
 
 
 def largest(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per element, the member value of the largest magnitude (complex values: the whole value; weights unused)."""
-    return stack.gather(0, stack.abs().argmax(0, keepdim=True))[0]
+    return by_magnitude(stack, torch.gt)
 
 
 def magnitude_mean(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
