@@ -280,8 +280,9 @@ class EnsembleSeparator(FileSeparator):
         return "\n".join([head, *(f"  {separator.describe()}" for separator in self.separators)])
 
     def stem_weights(self, stem: str) -> torch.Tensor:
+        """The weights of the members that give `stem`, renormalised (uniform if they are all 0)."""
         weights = self.weights[self.members_of[stem]]
-        return weights / weights.sum()
+        return weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / len(weights))
 
     def stem_blocks(self, mix: Iterator[torch.Tensor], sample_rate: int, frames: int, channels: int,
                     progress: Callable[[float], None] | None = None) -> Iterator[dict[str, torch.Tensor]]:
