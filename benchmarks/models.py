@@ -3,6 +3,8 @@
     python benchmarks/models.py                 # BS and Mel, dim 128, depth 6, 8 s stereo, 3 repeats
     python benchmarks/models.py --quick         # dim 64, depth 2, 4 s, 1 repeat (a smoke run)
     python benchmarks/models.py --compile       # adds training steps of our model under torch.compile
+    python benchmarks/models.py --size kim      # Kim's Mel-Band RoFormer (dim 384, depth 6), fp32 inference
+    python benchmarks/models.py --size viperx   # viperx's BS-RoFormer (dim 512, depth 12), fp32 inference
 
 Needs the reference package in its own directory (see benchmarks/reference.py). Both run in one process per model,
 alternating, with the weights of the reference loaded into ours (ours with zero_dc=False, the classic computation).
@@ -80,12 +82,17 @@ def measure_memory(args) -> None:
     print(rss_mb("VmHWM") - baseline)
 
 
-# Training steps use shorter audio: an 8 s step of the reference at dim 128, depth 6 needs over 20 GB.
+# Training steps use shorter audio: an 8 s step of the reference at dim 128, depth 6 needs over 20 GB. The published
+# sizes time fp32 inference on one 8 s chunk only (their training steps need a GPU's memory).
 CONFIGS = {
     "default": dict(model=dict(dim=128, depth=6, time_transformer_depth=1, freq_transformer_depth=1), seconds=8.0,
-                    train_seconds=2.0),
+                    train_seconds=2.0, models="bs,mel"),
     "quick": dict(model=dict(dim=64, depth=2, time_transformer_depth=1, freq_transformer_depth=1), seconds=4.0,
-                  train_seconds=1.0),
+                  train_seconds=1.0, models="bs,mel"),
+    "kim": dict(model=dict(dim=384, depth=6, num_bands=60, mask_estimator_depth=2, time_transformer_depth=1,
+                           freq_transformer_depth=1), seconds=8.0, train_seconds=None, models="mel"),
+    "viperx": dict(model=dict(dim=512, depth=12, time_transformer_depth=1, freq_transformer_depth=1), seconds=8.0,
+                   train_seconds=None, models="bs"),
 }
 
 
@@ -99,15 +106,17 @@ def benchmark(model_name: str, args) -> list[str]:
     model = build("ours", model_name, config["model"], args.reference).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
     audio = torch.randn(1, 2, int(config["seconds"] * 44100)) * 0.1
-    train_audio = torch.randn(1, 2, int(config["train_seconds"] * 44100)) * 0.1
+    inference_only = config["train_seconds"] is None
+    train_audio = torch.randn(1, 2, int((config["train_seconds"] or 1) * 44100)) * 0.1
     target = torch.randn_like(train_audio) * 0.1
 
     fp32 = run_inference(model, audio, bf16=False)
     reference_fp32 = run_inference(reference, audio, bf16=False)
     length = reference_fp32.shape[-1]
     parity = (fp32[..., :length] - reference_fp32).abs().max().item()
-    snr_ours = snr_db(run_inference(model, audio, bf16=True), fp32)
-    snr_reference = snr_db(run_inference(reference, audio, bf16=True), reference_fp32)
+    if not inference_only:
+        snr_ours = snr_db(run_inference(model, audio, bf16=True), fp32)
+        snr_reference = snr_db(run_inference(reference, audio, bf16=True), reference_fp32)
     with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
         run_inference(model, audio, bf16=False)
     flops = counter.get_total_flops()
@@ -118,6 +127,8 @@ def benchmark(model_name: str, args) -> list[str]:
         "train step fp32": lambda m: run_training_step(m.train(), train_audio, target, bf16=False),
         "train step bf16": lambda m: run_training_step(m.train(), train_audio, target, bf16=True),
     }
+    if inference_only:
+        tasks = {"inference fp32": tasks["inference fp32"]}
     runs = [(task, fn, model) for task, fn in tasks.items()]
     if args.compile:  # as the training loop's `compile: true` does; the reference side stays eager
         compiled = build("ours", model_name, config["model"], args.reference).compile_transformer_stack()
@@ -136,7 +147,7 @@ def benchmark(model_name: str, args) -> list[str]:
               file=sys.stderr)
 
     memory = {}
-    for mode in ("inference", "train"):
+    for mode in ("inference",) if inference_only else ("inference", "train"):
         for side in ("ours", "reference"):
             command = [sys.executable, __file__, "--measure-memory", "--side", side, "--model", model_name,
                        "--mode", mode, "--size", args.size, "--reference", args.reference,
@@ -159,27 +170,32 @@ def benchmark(model_name: str, args) -> list[str]:
         else:
             row += " |"
         rows.append(row)
+    train_memory = ("", "") if inference_only else (f" / {memory['train', 'ours']:.0f}",
+                                                    f" / {memory['train', 'reference']:.0f}")
     rows.append(
-        f"| {model_name} | peak memory, MB (inference / train step) | "
-        f"{memory['inference', 'ours']:.0f} / {memory['train', 'ours']:.0f} | "
-        f"{memory['inference', 'reference']:.0f} / {memory['train', 'reference']:.0f} | | | |"
+        f"| {model_name} | peak memory, MB (inference{'' if inference_only else ' / train step'}) | "
+        f"{memory['inference', 'ours']:.0f}{train_memory[0]} | "
+        f"{memory['inference', 'reference']:.0f}{train_memory[1]} | | | |"
     )
     notes = (f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, forward "
-             f"{flops / 1e9:.0f} GFLOP; fp32 max |ours - reference| = {parity:.1e}; bf16 output SNR against fp32: "
-             f"ours {snr_ours:.1f} dB, reference {snr_reference:.1f} dB")
+             f"{flops / 1e9:.0f} GFLOP; fp32 max |ours - reference| = {parity:.1e}")
+    if not inference_only:
+        notes += f"; bf16 output SNR against fp32: ours {snr_ours:.1f} dB, reference {snr_reference:.1f} dB"
     return rows, notes, (peak32, peak16)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="directory holding bs-roformer==0.3.10")
-    parser.add_argument("--models", default="bs,mel")
+    parser.add_argument("--models", help="bs, mel or bs,mel (default: the size's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count()))
     parser.add_argument("--quick", action="store_true", help="small model, short audio, one repeat")
     parser.add_argument("--compile", action="store_true", help="add training steps of our model under torch.compile")
-    parser.add_argument("--size", default="default", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--size", default="default", choices=CONFIGS, help="default: dim 128, depth 6; kim and "
+                        "viperx: the published models' sizes, fp32 inference only")
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=("bs", "mel"), help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("inference", "train"), help=argparse.SUPPRESS)
@@ -190,8 +206,8 @@ def main():
         return measure_memory(args)
     require_reference(args.reference)
     config = CONFIGS[args.size]
-    models = args.models.split(",")
-    if len(models) > 1:  # one fresh process per model: a heap grown by one model's runs slows the next one's
+    models = (args.models or config["models"]).split(",")
+    if not args.child:  # one fresh process per model: a heap grown by one model's runs slows the next one's
         print(f"torch {torch.__version__}, {args.threads} threads, batch 1, stereo 44.1 kHz: {config['seconds']:g} s "
               f"for inference, {config['train_seconds']:g} s for training steps (forward, loss, backward); model "
               f"{config['model']}, hop 441, median of {args.repeats}, GLIBC_TUNABLES={TUNABLES}\n")
@@ -199,7 +215,7 @@ def main():
         print("|---|---|---|---|---|---|---|", flush=True)
         notes = []
         for model_name in models:
-            command = [sys.executable, __file__, "--models", model_name, "--size", args.size,
+            command = [sys.executable, __file__, "--child", "--models", model_name, "--size", args.size,
                        "--repeats", str(args.repeats), "--threads", str(args.threads), "--reference", args.reference]
             command += ["--compile"] if args.compile else []
             lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()

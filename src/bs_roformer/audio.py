@@ -192,13 +192,16 @@ class Track:
 
 def find_audio(inputs: list[str | Path], exclude: Path | None = None) -> tuple[list[Track], list[str]]:
     """Audio files among `inputs` (files, or folders searched recursively, leaving out the folder `exclude`:
-    the output folder, so a re-run does not separate its own outputs); returns (tracks, problems)."""
+    the output folder, so a re-run does not separate its own outputs); returns (tracks, problems). In a folder that
+    holds a `mixture.*` (a track in the MUSDB18-HQ layout) only the mixture is taken: the other files are its stems."""
     tracks, problems = [], []
     excluded = exclude.resolve() if exclude is not None else None
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-                           and not (excluded is not None and excluded in p.resolve().parents))
+            found = [p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                     and not (excluded is not None and excluded in p.resolve().parents)]
+            mixture_folders = {p.parent for p in found if p.stem.lower() == "mixture"}
+            found = sorted(p for p in found if p.parent not in mixture_folders or p.stem.lower() == "mixture")
             if not found:
                 problems.append(f"{item}: no audio files in this folder ({', '.join(sorted(AUDIO_SUFFIXES))})")
             tracks += [Track.of(path, item) for path in found]

@@ -7,6 +7,7 @@ construct Python objects.
 """
 
 import inspect
+import warnings
 from pathlib import Path
 
 import torch
@@ -135,12 +136,26 @@ def _explain_mismatch(config: dict, model: torch.nn.Module, model_type: str, sta
     return "; ".join(problems)
 
 
+def warn_if_trained_without_zero_dc(checkpoint_name: str):
+    """A published checkpoint known by its file name that was trained without MSST's `zero_dc` (the default here,
+    as in MSST) gives wrong output with a config that does not say `zero_dc: false`."""
+    from .pretrained import entry_for_checkpoint_file
+
+    entry = entry_for_checkpoint_file(checkpoint_name)
+    if entry is not None and load_config(entry["config"])["model"].get("zero_dc") is False:
+        warnings.warn(f"{checkpoint_name} looks like the published model {entry['id']}, which was trained without "
+                      "zero_dc: add `zero_dc: false` to the config's model section, or use -n " + entry["id"],
+                      stacklevel=3)
+
+
 def load_model(config: str | Path | dict, checkpoint: str | Path | dict, model_type: str | None = None,
                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Build the model a config describes, load the checkpoint strictly, return (model in eval mode, config)."""
     config = config if isinstance(config, dict) else load_config(config)
     state = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     model_type = model_type_of(config, state, model_type)
+    if not isinstance(checkpoint, dict) and "zero_dc" not in config["model"]:
+        warn_if_trained_without_zero_dc(Path(checkpoint).name)
     model = build_model(config, model_type)
     problem = _explain_mismatch(config, model, model_type, state)
     if problem:

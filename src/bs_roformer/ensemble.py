@@ -26,11 +26,11 @@ evenly spaced places: the offsets are fixed by the member's settings (determinis
 more full separation. MSST instead rotates the whole track circularly by i * (length // K), which needs the whole
 track in memory.
 
-Streaming: each member's `stem_blocks` reads its own `itertools.tee` branch of the mix, and its output is re-blocked
-to BLOCK samples, so members run one after another within a block. The tee holds only the mix between the furthest
-and the least advanced member (about one chunk and batch of the member that reads furthest ahead), so memory is
-bounded by the members' chunk and batch sizes, not by the song's length, and nothing is written to disk (running
-each member over the whole file in turn would need every member's stems in temporary files).
+Streaming: each member's `stem_blocks` reads its own reader of the mix (`separate.readers`), and its output is
+re-blocked to BLOCK samples, so members run one after another within a block. The readers hold only the mix between
+the furthest and the least advanced member (about one chunk and batch of the member that reads furthest ahead), so
+memory is bounded by the members' chunk and batch sizes, not by the song's length, and nothing is written to disk
+(running each member over the whole file in turn would need every member's stems in temporary files).
 """
 
 import itertools
@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .separate import FileSeparator, SampleQueue
+from .separate import FileSeparator, SampleQueue, readers
 
 N_FFT = 2048
 HOP = 512
@@ -232,7 +232,7 @@ def shifted_stems(separator, mix: Iterator[torch.Tensor], sample_rate: int, fram
         yield from delayed_stems(separator, mix, sample_rate, frames, channels, 0, progress)
         return
     passes = [SampleQueue(delayed_stems(separator, branch, sample_rate, frames, channels, delay, progress))
-              for branch, delay in zip(itertools.tee(mix, shifts), delays)]
+              for branch, delay in zip(readers(mix, shifts), delays)]
     for start in range(0, frames, block):
         estimates = [queue.take(min(block, frames - start)) for queue in passes]
         # the first estimate plus the mean difference, so that equal estimates average to exactly that estimate
@@ -290,7 +290,7 @@ class EnsembleSeparator(FileSeparator):
         advance = None if progress is None else (lambda seconds: progress(seconds / passes))
         members = [SampleQueue(shifted_stems(separator, branch, sample_rate, frames, channels, self.shifts, advance,
                                              self.block))
-                   for separator, branch in zip(self.separators, itertools.tee(mix, len(self.separators)))]
+                   for separator, branch in zip(self.separators, readers(mix, len(self.separators)))]
         combiners = {stem: combiner_for(self.algorithm, self.stem_weights(stem)) for stem in self.stems}
         for start in range(0, frames, self.block):
             estimates = [member.take(min(self.block, frames - start)) for member in members]

@@ -17,8 +17,8 @@ needs the memory of a one-minute one:
 the web page and scale-out reuse it.
 """
 
-import itertools
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,11 +123,12 @@ class FileSeparator:
             check_channels(info.channels)
             seconds = info.frames / info.sample_rate
             cleaned = CleanBlocks(reader.blocks())
-            for_model, for_instrumental = itertools.tee(cleaned)
+            wants_instrumental = "instrumental" in outputs
+            for_model, for_instrumental = readers(cleaned) if wants_instrumental else (iter(cleaned), None)
             bar = FileProgress(progress, path.name, seconds)
             try:
                 stem_blocks = self.stem_blocks(for_model, info.sample_rate, info.frames, info.channels, bar.advance)
-                if "instrumental" in outputs:
+                if wants_instrumental:
                     stem_blocks = with_instrumental(stem_blocks, for_instrumental, self.target)
                 write_stems(stem_blocks, outputs, info.sample_rate, info.channels, output_format)
             finally:
@@ -135,7 +136,6 @@ class FileSeparator:
         if cleaned.replaced:
             warnings.warn(f"{path}: {cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
         return FileResult(list(outputs.values()), seconds)
-
 
 
 class Separator(FileSeparator):
@@ -297,6 +297,25 @@ def with_instrumental(stem_blocks: Iterator[dict], mix: Iterator[torch.Tensor], 
     mix = SampleQueue(mix)
     for block in stem_blocks:
         yield {**block, "instrumental": mix.take(block[target].shape[-1]) - block[target]}
+
+
+def readers(blocks, count: int = 2) -> list[Iterator]:
+    """`count` iterators over one stream of blocks (the model's and the instrumental's; an ensemble's members') that
+    keep only the blocks the slowest has not read yet; itertools.tee frees items in groups of 57, here minutes of
+    audio."""
+    source, unread = iter(blocks), [deque() for _ in range(count)]
+
+    def reader(own: deque):
+        while own or (block := next(source, None)) is not None:
+            if own:
+                yield own.popleft()
+            else:
+                for other in unread:
+                    if other is not own:
+                        other.append(block)
+                yield block
+
+    return [reader(queue) for queue in unread]
 
 
 class SampleQueue:

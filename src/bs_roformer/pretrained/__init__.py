@@ -177,6 +177,12 @@ def fetch(model_id: str, progress: bool = True) -> tuple[Path, Path]:
 ARCHITECTURE_SHORT = {"bs": "bs_roformer", "mel": "mel_band_roformer"}
 
 
+def entry_for_checkpoint_file(name: str) -> dict | None:
+    """The supported entry whose checkpoint has this file name (a published file a user downloaded by hand)."""
+    return next((entry for entry in load_registry().values()
+                 if not entry["unsupported"] and entry["checkpoint"]["file"] == name), None)
+
+
 def list_models(stem: str | None = None, architecture: str | None = None) -> list[dict]:
     """Registered entries (supported first, then by id), filtered, each with `cached` added."""
     architecture = ARCHITECTURE_SHORT.get(architecture, architecture)
