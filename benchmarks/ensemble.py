@@ -17,10 +17,10 @@ import sys
 import time
 
 CASES = {
-    "one model": dict(models=1, algorithm="mean", shifts=1),
-    "2 models, mean": dict(models=2, algorithm="mean", shifts=1),
-    "2 models, max_spec": dict(models=2, algorithm="max_spec", shifts=1),
-    "one model, --shifts 2": dict(models=1, algorithm="mean", shifts=2),
+    "one model": {"models": 1, "algorithm": "mean", "shifts": 1},
+    "2 models, mean": {"models": 2, "algorithm": "mean", "shifts": 1},
+    "2 models, max_spec": {"models": 2, "algorithm": "max_spec", "shifts": 1},
+    "one model, --shifts 2": {"models": 1, "algorithm": "mean", "shifts": 2},
 }
 RATE = 44100
 

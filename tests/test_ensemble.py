@@ -1,6 +1,7 @@
 """Ensembles and shifts: each algorithm against a plain statement of it, streaming against whole signals, shifts
 undone exactly, bounded memory, presets, and the CLI."""
 
+import itertools
 import json
 
 import numpy as np
@@ -10,9 +11,9 @@ import torch
 
 from bs_roformer import demo
 from bs_roformer.cli import main
-from bs_roformer.ensemble import (ALGORITHMS, EnsembleSeparator, SpectralCombiner, WaveCombiner, check_weights,
-                                  combine_whole, shift_delays, SPECTRAL_ALGORITHMS, WAVE_ALGORITHMS)
-from bs_roformer.separate import Separator
+from bs_roformer.ensemble import (ALGORITHMS, SPECTRAL_ALGORITHMS, WAVE_ALGORITHMS, EnsembleSeparator,
+                                  SpectralCombiner, WaveCombiner, check_weights, combine_whole, shift_delays)
+from bs_roformer.separate import Separator, readers
 
 
 # ---- plain statements of the algorithms ----------------------------------------------------------------------------
@@ -237,6 +238,16 @@ def test_memory_is_bounded_by_the_chunks_not_the_length():
     bound = 3000 * 2 + 3000 + 2000 + 2048
     short, long = lead(20_000), lead(200_000)
     assert long < bound and abs(long - short) < 500
+
+
+def test_readers_each_give_the_whole_stream_and_keep_only_the_unread():
+    blocks = [torch.full((1, 2), float(i)) for i in range(10)]
+    first, second, third = readers(iter(blocks), 3)
+    assert [int(b[0, 0]) for b in itertools.islice(first, 4)] == [0, 1, 2, 3]
+    assert [int(b[0, 0]) for b in itertools.islice(second, 2)] == [0, 1]
+    assert [int(b[0, 0]) for b in third] == list(range(10))
+    assert [int(b[0, 0]) for b in first] == list(range(4, 10))
+    assert [int(b[0, 0]) for b in second] == list(range(2, 10))
 
 
 # ---- presets and the CLI -------------------------------------------------------------------------------------------
