@@ -309,3 +309,10 @@ def test_preset_json_is_shown(capsys):
     assert main(["models", "--presets", "--json"]) == 0
     presets = json.loads(capsys.readouterr().out)
     assert presets["vocals-clean"]["algorithm"] == "min_spec"
+
+
+def test_cli_preset_errors(tmp_path, capsys):
+    assert main(["separate", str(demo.CLIP), "--preset", "nope", "-q", "-o", str(tmp_path)]) == 1
+    assert "no preset named 'nope'" in capsys.readouterr().err
+    assert main(["separate", str(demo.CLIP), "--preset", "karaoke", "--demo", "-q", "-o", str(tmp_path)]) == 1
+    assert "--preset gives the models" in capsys.readouterr().err
