@@ -143,9 +143,9 @@ def splifft_to_msst(config: dict, architecture: str, stems: list[str]) -> dict:
         sample_rate = model["sample_rate"] = bands.get("sample_rate", 44100)
     elif "freqs_per_bands" in bands:
         model["freqs_per_bands"] = list(bands["freqs_per_bands"])
-    head = (source.get("mask_estimator") or {}).get("kind", "baseline")
-    if head != "baseline":
-        model["mask_estimator_kind"] = head  # splifft's name for the head; see docs/registry.md
+    head = dict(source.get("mask_estimator") or {"kind": "baseline"})
+    if head.get("kind", "baseline") != "baseline":
+        model["mask_estimator"] = head  # splifft's form, which the model option takes as it is
     for key, value in source.items():  # anything else splifft records is kept, so that the build can judge it
         if key not in model and key not in SPLIFFT_DROPPED and key not in ("mask_estimator_depth", "stereo"):
             model[key] = value

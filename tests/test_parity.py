@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from bs_roformer import BSRoformer, MelBandRoformer
+from bs_roformer.config import MODEL_CLASSES
 from bs_roformer.mel import mel_band_membership
 from conftest import with_deterministic_weights
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
-CASES = sorted(path.stem for path in REFERENCE.glob("*.pt") if path.stem != "mel_bands")
+# splifft_*.pt are the mask heads' fixtures (tests/test_heads.py)
+CASES = sorted(path.stem for path in REFERENCE.glob("*.pt")
+               if path.stem != "mel_bands" and not path.stem.startswith("splifft_"))
 RTOL = 1e-5
 
 
@@ -22,7 +25,10 @@ def load_case(name):
     kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in case["kwargs"].items()}
     if case["source"].startswith("bs-roformer=="):
         kwargs["zero_dc"] = False  # the classic package predates zero_dc
-    model_class = BSRoformer if case["model"] == "bs" else MelBandRoformer
+    if "model_type" in case:
+        model_class = MODEL_CLASSES[case["model_type"]]
+    else:
+        model_class = BSRoformer if case["model"] == "bs" else MelBandRoformer
     return case, model_class(**kwargs)
 
 
@@ -97,7 +103,9 @@ def test_at_least_one_loss_case_per_model_and_source():
     for name in _loss_cases():
         case = torch.load(REFERENCE / f"{name}.pt", weights_only=True)
         kinds.add((case["model"], case["source"].split("@")[0].split("==")[0]))
-    assert kinds == {("bs", "bs-roformer"), ("mel", "bs-roformer"), ("bs", "MSST"), ("mel", "MSST")}
+    assert kinds == {("bs", "bs-roformer"), ("mel", "bs-roformer"), ("bs", "MSST"), ("mel", "MSST"),
+                     ("bs_experimental", "MSST"), ("mel_experimental", "MSST"), ("bs_conformer", "MSST"),
+                     ("mel_conformer", "MSST")}
 
 
 def test_mel_bands_match_librosa():

@@ -282,11 +282,11 @@ def test_the_build_script_marks_an_option_this_package_lacks_as_unsupported():
     record = dict(unsupported=None, architecture="bs_roformer", stems=["vocals"],
                   checkpoint=dict(urls=["https://example.org/x.ckpt"], size=None), _config=json.loads(json.dumps(TINY)))
     assert script.judge(record) is None
-    record["_config"]["model"]["use_pope"] = True
-    assert script.judge(record) == "needs model option use_pope"
-    record["_config"]["model"].pop("use_pope")
-    record["_config"]["training"]["model_type"] = "bs_roformer_experimental"
-    assert script.judge(record) == "model type bs_roformer_experimental"
+    record["_config"]["model"]["use_fno"] = True  # an option this package does not have
+    assert script.judge(record) == "needs model option use_fno"
+    record["_config"]["model"].pop("use_fno")
+    record["_config"]["training"]["model_type"] = "bs_roformer_fno"
+    assert script.judge(record) == "model type bs_roformer_fno"
 
 
 def test_evaluate_and_train_take_a_model_name(user_registry, tmp_path, monkeypatch, capsys):

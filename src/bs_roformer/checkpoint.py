@@ -13,6 +13,8 @@ import torch
 from .mel import mel_band_membership
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "state", "model")
+SHARED_PER_AXIS = ("rotary_embed.freqs", "pope_embed.bias")  # one tensor per axis, stored under every layer
+NOT_PARAMETERS = ("pope_embed.inv_freqs", "running_mean", "running_var", "num_batches_tracked")  # buffers
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -63,9 +65,13 @@ def _layer_indices(state: dict, pattern: str) -> list[int]:
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> dict:
-    """The constructor arguments a classic-layout state_dict implies, with `model_type` ("bs_roformer" or
-    "mel_band_roformer"). STFT settings that leave no trace in the weights (hop, window) are not included;
-    `stft_n_fft` (and, for Mel, `sample_rate`) are the smallest standard values that fit the band widths."""
+    """The constructor arguments a state_dict implies, with `model_type`: "bs_roformer" or "mel_band_roformer"
+    (classic layout, `use_pope` when it has polar positions), "bs_roformer_experimental" or
+    "mel_band_roformer_experimental" (hyper-connection keys `.branch.` / `static_alpha`, or value-residual gates in
+    the blocks after the first only, with axes of several layers), "bs_conformer" or "mel_band_conformer" (conformer blocks); unwa's mask heads
+    as `mask_estimator` (`mask_estimators.N.layers.*`: the axial refiner, `.segm.*`: HyperACE). STFT settings that
+    leave no trace in the weights (hop, window) are not included; `stft_n_fft` (and, for Mel, `sample_rate`) are the
+    smallest standard values that fit the band widths."""
     if "band_split.to_features.0.1.weight" not in state:
         raise ValueError("not a BS-/Mel-RoFormer checkpoint: no 'band_split.to_features.0.1.weight' key")
     dim = state["band_split.to_features.0.1.weight"].shape[0]
@@ -75,15 +81,26 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
     axes = _layer_indices(state, r"layers\.0\.(\d+)\.")
     has_linear = any(key.startswith("layers.0.0.layers.0.0.temperature") for key in state)
     time_axis = 1 if has_linear else 0
-    first_attention = f"layers.0.{time_axis}.layers.0.0."
+    is_conformer = f"layers.0.{time_axis}.layers.0.attn.to_qkv.weight" in state
+    streams_key = f"layers.0.{time_axis}.layers.0.0.static_alpha"
+    if is_conformer:
+        first_attention = f"layers.0.{time_axis}.layers.0.attn."
+    elif streams_key in state:
+        first_attention = f"layers.0.{time_axis}.layers.0.0.branch."
+    else:
+        first_attention = f"layers.0.{time_axis}.layers.0.0."
+    if first_attention + "to_gates.weight" not in state:
+        raise ValueError(f"unexpected transformer layout: no {first_attention}to_gates.weight key")
     heads = state[first_attention + "to_gates.weight"].shape[0]
+    depth_names = ("time_conformer_depth", "freq_conformer_depth", "linear_conformer_depth") if is_conformer else (
+        "time_transformer_depth", "freq_transformer_depth", "linear_transformer_depth")
     config = dict(
         dim=dim,
         depth=len(blocks),
         num_stems=len(_layer_indices(state, r"mask_estimators\.(\d+)\.")),
-        time_transformer_depth=len(_layer_indices(state, rf"layers\.0\.{time_axis}\.layers\.(\d+)\.")),
-        freq_transformer_depth=len(_layer_indices(state, rf"layers\.0\.{time_axis + 1}\.layers\.(\d+)\.")),
-        linear_transformer_depth=len(_layer_indices(state, r"layers\.0\.0\.layers\.(\d+)\.")) if has_linear else 0,
+        **{depth_names[0]: len(_layer_indices(state, rf"layers\.0\.{time_axis}\.layers\.(\d+)\.")),
+           depth_names[1]: len(_layer_indices(state, rf"layers\.0\.{time_axis + 1}\.layers\.(\d+)\.")),
+           depth_names[2]: len(_layer_indices(state, r"layers\.0\.0\.layers\.(\d+)\.")) if has_linear else 0},
         heads=heads,
         dim_head=state[first_attention + "to_qkv.weight"].shape[0] // (3 * heads),
     )
@@ -93,16 +110,55 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
     is_mel = "final_norm.gamma" not in state
     if len(linears) > 1:
         config["mlp_expansion_factor"] = state["mask_estimators.0.to_freqs.0.0.0.weight"].shape[0] // dim
-    if any("to_value_residual_mix" in key for key in state):
-        config["add_value_residual"] = True
+    if first_attention + "pope_embed.bias" in state:
+        config["use_pope"] = True
+
+    gated_blocks = {int(key.split(".")[1]) for key in state if "to_value_residual_mix" in key}
+    one_layer_axes = config[depth_names[0]] == 1 and config[depth_names[1]] == 1
+    if is_conformer:
+        block = f"layers.0.{time_axis}.layers.0."
+        depthwise = state[block + "conv.net.4.weight"]
+        config.update(ff_mult=state[block + "ff1.ff.net.1.weight"].shape[0] // dim,
+                      conv_expansion_factor=depthwise.shape[0] // dim, conv_kernel_size=depthwise.shape[-1])
+        model_type = "mel_band_conformer" if is_mel else "bs_conformer"
+    elif streams_key in state or (gated_blocks and 0 not in gated_blocks and not one_layer_axes):
+        # gates in every layer after the first block and none in it: lucidrains 0.5.x and MSST's experimental
+        # classes. With one-layer axes that is also `add_value_residual`'s layout and lucidrains' numerics (unwa's
+        # published value-residual model); with deeper axes only the experimental type builds it
+        config.update(num_residual_streams=state[streams_key].shape[0] if streams_key in state else 1)
+        if gated_blocks:
+            config["use_value_residual_learning"] = True
+        model_type = "mel_band_roformer_experimental" if is_mel else "bs_roformer_experimental"
+    else:
+        if gated_blocks:
+            config["add_value_residual"] = True
+        model_type = "mel_band_roformer" if is_mel else "bs_roformer"
+
+    head = _mask_head(state)
+    if head is not None:
+        config["mask_estimator"] = head
 
     if is_mel:
-        config.update(model_type="mel_band_roformer", mask_estimator_depth=len(linears) - 1)
+        extra_mask_layers = 0 if is_conformer else 1  # the Mel-Band RoFormer's MLP has one Linear layer more
+        config.update(model_type=model_type, mask_estimator_depth=len(linears) - extra_mask_layers)
         config.update(_mel_layout(band_inputs))
     else:
-        config.update(model_type="bs_roformer", mask_estimator_depth=len(linears))
+        config.update(model_type=model_type, mask_estimator_depth=len(linears))
         config.update(_bs_layout(band_inputs))
     return config
+
+
+def _mask_head(state: dict) -> dict | None:
+    """The `mask_estimator` option of unwa's heads, from their keys (None for the classic per-band MLPs)."""
+    refiner_layers = _layer_indices(state, r"mask_estimators\.0\.layers\.(\d+)\.")
+    if refiner_layers:
+        return {"kind": "axial_refiner_large_v2", "axial_refiner_depth": len(refiner_layers)}
+    prototypes = "mask_estimators.0.segm.hyperace.high_order_branch.0.ahc.adaptive_hyperedge_gen.global_proto"
+    if prototypes in state:
+        refined = any(key.startswith("mask_estimators.0.segm.upsample_head.block1.out_conv.") for key in state)
+        version = 2 if refined else 1  # v2 refines each upsampling with a TFC-TDF block
+        return {"kind": f"hyperace_residual_v{version}", "num_hyperedges": state[prototypes].shape[0]}
+    return None
 
 
 def _bs_layout(band_inputs: list[int]) -> dict:
@@ -132,11 +188,12 @@ def _mel_layout(band_inputs: list[int]) -> dict:
 def describe(state: dict[str, torch.Tensor]) -> str:
     """A human-readable summary: the implied configuration, parameter count and stored precision."""
     config = infer_config(state)
-    # rotary frequencies are stored once per attention layer but are one (untrained) tensor per axis
-    rotary = [key for key in state if key.endswith("rotary_embed.freqs")]
-    unique = sum(value.numel() for key, value in state.items() if key not in rotary)
-    if rotary:
-        unique += 2 * state[rotary[0]].numel()
+    # parameters as `model.parameters()` counts them: shared position tensors once per axis, buffers not at all
+    unique = sum(value.numel() for key, value in state.items() if not key.endswith(SHARED_PER_AXIS + NOT_PARAMETERS))
+    for suffix in SHARED_PER_AXIS:
+        shared = [key for key in state if key.endswith(suffix)]
+        if shared:
+            unique += 2 * state[shared[0]].numel()
     dtypes = Counter(str(value.dtype).removeprefix("torch.") for value in state.values())
     lines = [f"architecture: {config.pop('model_type')}"]
     for key, value in config.items():

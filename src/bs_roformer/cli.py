@@ -332,7 +332,8 @@ def add_model_options(parser: argparse.ArgumentParser):
     parser.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
     parser.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package")
     parser.add_argument("--model-type", help="override the config's training.model_type (bs_roformer, "
-                        "mel_band_roformer)")
+                        "mel_band_roformer, bs_roformer_experimental, mel_band_roformer_experimental, bs_conformer, "
+                        "mel_band_conformer)")
     parser.add_argument("-d", "--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, "
                         "cuda:N or mps")
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16. auto: on CUDA fp16 when the "

@@ -15,8 +15,18 @@ import yaml
 
 from .checkpoint import infer_config, load_state_dict
 from .models import BSRoformer, MelBandRoformer
+from .models.conformer import BSConformer, MelBandConformer
+from .models.experimental import BSRoformerExperimental, MelBandRoformerExperimental
 
-MODEL_CLASSES = {"bs_roformer": BSRoformer, "mel_band_roformer": MelBandRoformer}
+# training.model_type -> class; the names are MSST's
+MODEL_CLASSES = {
+    "bs_roformer": BSRoformer,
+    "mel_band_roformer": MelBandRoformer,
+    "bs_roformer_experimental": BSRoformerExperimental,
+    "mel_band_roformer_experimental": MelBandRoformerExperimental,
+    "bs_conformer": BSConformer,
+    "mel_band_conformer": MelBandConformer,
+}
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -41,18 +51,32 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
+# model keys that only a variant takes, so that a config without training.model_type still selects it
+CONFORMER_KEYS = ("time_conformer_depth", "freq_conformer_depth", "linear_conformer_depth", "conv_kernel_size",
+                  "conv_expansion_factor")
+EXPERIMENTAL_KEYS = ("use_value_residual_learning", "num_residual_streams")
+
+
+def _model_type_from_keys(model: dict) -> str | None:
+    kind = "bs" if "freqs_per_bands" in model else "mel" if "num_bands" in model else None
+    if kind is None:
+        return None
+    if any(key in model for key in CONFORMER_KEYS):
+        return {"bs": "bs_conformer", "mel": "mel_band_conformer"}[kind]
+    if any(key in model for key in EXPERIMENTAL_KEYS):
+        return {"bs": "bs_roformer_experimental", "mel": "mel_band_roformer_experimental"}[kind]
+    return {"bs": "bs_roformer", "mel": "mel_band_roformer"}[kind]
+
+
 def model_type_of(config: dict, state: dict | None = None, override: str | None = None) -> str:
     """`override`, else `training.model_type`, else what the model keys (or the checkpoint) say."""
     model_type = override or (config.get("training") or {}).get("model_type")
     if model_type is None:
-        if "freqs_per_bands" in config["model"]:
-            model_type = "bs_roformer"
-        elif "num_bands" in config["model"]:
-            model_type = "mel_band_roformer"
-        elif state is not None:
-            model_type = infer_config(state)["model_type"]
-        else:
-            raise ValueError("cannot tell the model type: set training.model_type (bs_roformer or mel_band_roformer)")
+        model_type = _model_type_from_keys(config["model"])
+    if model_type is None:
+        if state is None:
+            raise ValueError(f"cannot tell the model type: set training.model_type (one of {sorted(MODEL_CLASSES)})")
+        model_type = infer_config(state)["model_type"]
     if model_type not in MODEL_CLASSES:
         raise ValueError(f"model type {model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}")
     return model_type
@@ -81,9 +105,14 @@ def setting(config: dict, section: str, key: str, kind: type, default):
 
 def check_model_options(model_class: type, options: dict):
     """Unknown keys and values of the wrong type in a config's `model:` section, named, as a ValueError."""
-    from .models.roformer import IGNORED_CONFIG_KEYS
+    from .models.roformer import IGNORED_CONFIG_KEYS, Roformer
 
-    parameters = inspect.signature(model_class.__init__).parameters
+    parameters = {}  # of the public constructors: the class and the bases it passes options on to, up to Roformer
+    for cls in model_class.__mro__:
+        if cls is Roformer:
+            break
+        if "__init__" in cls.__dict__:
+            parameters = {**inspect.signature(cls.__init__).parameters, **parameters}
     for key, value in options.items():
         if key not in parameters or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
             if key in IGNORED_CONFIG_KEYS:
@@ -142,10 +171,24 @@ def warn_if_trained_without_zero_dc(checkpoint_name: str):
     from .pretrained import entry_for_checkpoint_file
 
     entry = entry_for_checkpoint_file(checkpoint_name)
-    if entry is not None and load_config(entry["config"])["model"].get("zero_dc") is False:
+    shipped = entry is not None and entry["config"] is not None and Path(entry["config"]).is_file()
+    if shipped and load_config(entry["config"])["model"].get("zero_dc") is False:
         warnings.warn(f"{checkpoint_name} looks like the published model {entry['id']}, which was trained without "
                       "zero_dc: add `zero_dc: false` to the config's model section, or use -n " + entry["id"],
                       stacklevel=3)
+
+
+def with_mask_head_of(config: dict, state: dict, model_type: str) -> dict:
+    """The config, with the checkpoint's `mask_estimator` head when the config names none: the published YAMLs of
+    unwa's HyperACE and Large v2 models are plain bs_roformer configs (their head came with a replaced model file),
+    so only the checkpoint tells."""
+    if model_type != "bs_roformer" or "mask_estimator" in config["model"]:
+        return config
+    try:
+        head = infer_config(state).get("mask_estimator")
+    except ValueError:  # not a Roformer: the mismatch check says so
+        return config
+    return config if head is None else {**config, "model": {**config["model"], "mask_estimator": head}}
 
 
 def load_model(config: str | Path | dict, checkpoint: str | Path | dict, model_type: str | None = None,
@@ -156,6 +199,7 @@ def load_model(config: str | Path | dict, checkpoint: str | Path | dict, model_t
     model_type = model_type_of(config, state, model_type)
     if not isinstance(checkpoint, dict) and "zero_dc" not in config["model"]:
         warn_if_trained_without_zero_dc(Path(checkpoint).name)
+    config = with_mask_head_of(config, state, model_type)
     model = build_model(config, model_type)
     problem = _explain_mismatch(config, model, model_type, state)
     if problem:

@@ -1,4 +1,5 @@
-"""Transformer pieces of the Roformers: RMSNorm, rotary positions, gated softmax attention, XCiT linear attention.
+"""Transformer pieces of the Roformers: RMSNorm, rotary or polar positions, gated softmax attention, XCiT linear
+attention.
 
 Module and parameter names follow the classic checkpoint layout (see the README's "Checkpoint layout"), so that
 `state_dict()` keys equal those of the published weights.
@@ -6,6 +7,8 @@ Module and parameter names follow the classic checkpoint layout (see the README'
 
 from collections import OrderedDict
 from contextlib import nullcontext
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -84,27 +87,58 @@ class RotaryEmbedding(nn.Module):
         return out
 
 
+class PolarEmbedding(nn.Module):
+    """PoPE, polar positional embedding (MSST's `use_pope`), shared by all layers of an axis like the rotary module.
+
+    Queries and keys become magnitudes `softplus(q)`, `softplus(k)` with one phase per feature: position * inv_freq
+    for the query, the same plus a learned per-head phase `bias` (clamped to [-2 pi, 0]) for the key. The score of
+    query i and key j is sum_d softplus(q_id) softplus(k_jd) cos(phase_d(i - j) - bias_hd), scaled by dim_head^-0.5.
+    Unlike rotary positions, every one of the dim_head features gets its own frequency theta^(-d / dim_head).
+    Parameter names (`bias`, buffer `inv_freqs`) are those of MSST's checkpoints.
+    """
+
+    def __init__(self, dim_head: int, heads: int, theta: float = 10000.0):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(heads, dim_head))
+        self.register_buffer("inv_freqs", theta ** -(torch.arange(dim_head).float() / dim_head))
+
+    def polar_queries_and_keys(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (batch, seq, heads, dim_head) -> Cartesian forms (batch, heads, seq, 2 * dim_head) in float32, whose
+        dot products are the polar scores."""
+        positions = torch.arange(q.shape[1], device=q.device, dtype=torch.float32)
+        phases = (positions[:, None] * self.inv_freqs.float()[None, :])[:, None, :]  # (seq, 1, dim_head)
+        key_phases = phases + self.bias.float().clamp(-2 * math.pi, 0.0)  # (seq, heads, dim_head)
+        q_magnitude, k_magnitude = F.softplus(q.float()), F.softplus(k.float())
+        q_polar = torch.cat([q_magnitude * phases.cos(), q_magnitude * phases.sin()], dim=-1)
+        k_polar = torch.cat([k_magnitude * key_phases.cos(), k_magnitude * key_phases.sin()], dim=-1)
+        return q_polar.transpose(1, 2), k_polar.transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Pre-norm softmax attention with rotary positions and a per-head sigmoid output gate.
 
     With `value_residual`, the values of this layer are mixed with `first_values` (those of the first layer of the
     same axis) through a learned per-head, per-token gate: `v + mix * (first - v)` (value-residual learning).
+    With `pope_embed` (a PolarEmbedding) instead of `rotary_embed`, positions are polar (see PolarEmbedding).
     """
 
-    def __init__(self, dim, heads, dim_head, dropout, rotary_embed, flash, value_residual=False):
+    def __init__(self, dim, heads, dim_head, dropout, rotary_embed, flash, value_residual=False, pope_embed=None):
         super().__init__()
         self.heads, self.dim_head, self.dropout, self.flash = heads, dim_head, dropout, flash
-        self.rotary_embed = rotary_embed
+        self.rotary_embed = rotary_embed if pope_embed is None else None
+        self.pope_embed = pope_embed
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_gates = nn.Linear(dim, heads)
         self.to_value_residual_mix = nn.Linear(dim, heads) if value_residual else None
+        self.to_gates = nn.Linear(dim, heads)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim, bias=False), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, first_values: torch.Tensor | None = None):
         """x: (batch, seq, dim). Returns (output, values) with values as (batch, heads, seq, dim_head)."""
         batch, seq, _ = x.shape
         x = self.norm(x)
+        if self.pope_embed is not None:
+            return self._forward_polar(x, first_values)
         if torch.is_autocast_enabled(x.device.type):  # cast once, not in each of the four products below
             x = x.to(torch.get_autocast_dtype(x.device.type))
         # Training on the CPU attends in float32 under bf16 autocast: torch's CPU flash-attention backward runs
@@ -123,6 +157,18 @@ class Attention(nn.Module):
             out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v)
         del q, k
         return self.gated_output(out, torch.sigmoid(self.to_gates(x)).unsqueeze(-1)), v
+
+    def _forward_polar(self, x: torch.Tensor, first_values: torch.Tensor | None):
+        """`forward` with polar positions on the normed x. Scores are computed in float32 (as PoPE-pytorch does).
+        compat: MSST's PoPE attention applies no attention dropout, whatever `attn_dropout` says."""
+        batch, seq, _ = x.shape
+        q, k, v = F.linear(x, self.to_qkv.weight).view(batch, seq, 3, self.heads, self.dim_head).unbind(2)
+        if self.to_value_residual_mix is not None and first_values is not None:
+            v = v + self._value_mix(x) * (first_values.transpose(1, 2) - v)
+        q_polar, k_polar = self.pope_embed.polar_queries_and_keys(q, k)
+        v = v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(q_polar, k_polar, v.to(q_polar.dtype), scale=self.dim_head**-0.5)
+        return self.gated_output(out.to(v.dtype), torch.sigmoid(self.to_gates(x)).unsqueeze(-1)), v
 
     def project_(self, x: torch.Tensor, q, k, v, gates, first_values=None):
         """Inference on a block of sequences x: write its rotated queries and keys and its values into the
@@ -172,7 +218,7 @@ class LinearAttention(nn.Module):
     def __init__(self, dim, heads, dim_head, dropout):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
-        self.temperature = nn.Parameter(torch.zeros(heads, 1, 1))
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))  # as MSST initialises it
         self.norm = RMSNorm(dim)
         self.to_qkv = indexed(0, nn.Linear(dim, 3 * heads * dim_head, bias=False))
         self.to_out = indexed(1, nn.Linear(heads * dim_head, dim, bias=False))
@@ -223,12 +269,13 @@ class Transformer(nn.Module):
     def __init__(
         self, dim, depth, heads, dim_head, attn_dropout, ff_dropout, ff_mult=4, norm_output=False,
         rotary_embed=None, flash_attn=True, linear_attn=False, value_residual=False, holds_first_values=False,
-        grad_checkpoint=False,
+        grad_checkpoint=False, pope_embed=None,
     ):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
         self.value_residual = value_residual
-        self.in_blocks = not linear_attn
+        # CPU inference runs in blocks for rotary softmax attention; polar attention runs `_forward` (plain path)
+        self.in_blocks = not linear_attn and pope_embed is None
         layers = []
         for index in range(depth):
             if linear_attn:
@@ -236,7 +283,7 @@ class Transformer(nn.Module):
             else:
                 attention = Attention(
                     dim, heads, dim_head, attn_dropout, rotary_embed, flash_attn,
-                    value_residual=value_residual and not (holds_first_values and index == 0),
+                    value_residual=value_residual and not (holds_first_values and index == 0), pope_embed=pope_embed,
                 )
             layers.append(nn.ModuleList([attention, FeedForward(dim, ff_mult, ff_dropout)]))
         self.layers = nn.ModuleList(layers)

@@ -18,9 +18,10 @@ DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) 
 
 
 def band_feature_indices(band_bins: list[list[int]], channels: int) -> list[torch.Tensor]:
-    """For each band, the positions of its features in the flat (bin, channel, real/imag) feature vector."""
-    offsets = torch.arange(2 * channels)
-    return [(torch.tensor(bins)[:, None] * 2 * channels + offsets).flatten() for bins in band_bins]
+    """For each band, the positions of its features in the flat (bin, channel, real/imag) feature vector; on the CPU
+    even where the model is built under another default device (`meta`), as they are read at construction."""
+    offsets = torch.arange(2 * channels, device="cpu")
+    return [(torch.tensor(bins, device="cpu")[:, None] * 2 * channels + offsets).flatten() for bins in band_bins]
 
 
 def group_bands(widths: list[int], group_cost_fraction: float = 0.03) -> list[list[int]]:

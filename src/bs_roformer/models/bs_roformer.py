@@ -5,6 +5,7 @@ from itertools import accumulate
 import torch
 
 from .bands import DEFAULT_FREQS_PER_BANDS
+from .heads import build_mask_estimator
 from .roformer import Roformer, shared_options, warn_ignored
 
 
@@ -13,7 +14,8 @@ class BSRoformer(Roformer):
 
     `freqs_per_bands` gives the number of STFT bins in each band, lowest first; they must add up to
     `stft_n_fft // 2 + 1`. The mask estimator has `mask_estimator_depth` Linear layers. The output has the input's
-    length (MSST; the classic package returned `hop * (samples // hop)` samples, the same values).
+    length (MSST; the classic package returned `hop * (samples // hop)` samples, the same values). `use_pope`: polar
+    instead of rotary positions (MSST). `mask_estimator`: `{kind: ...}` selects one of unwa's mask heads (heads.py).
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class BSRoformer(Roformer):
         use_torch_checkpoint: bool = False,
         skip_connection: bool = False,
         add_value_residual: bool = False,
+        use_pope: bool = False,
+        mask_estimator: dict | None = None,
         **ignored,
     ):
         warn_ignored(ignored)
@@ -64,5 +68,11 @@ class BSRoformer(Roformer):
         edges = list(accumulate(freqs_per_bands, initial=0))
         band_bins = [list(range(start, end)) for start, end in zip(edges[:-1], edges[1:])]
         self.freqs_per_bands = freqs_per_bands
+        self.mask_estimator_config = mask_estimator
         super().__init__(**shared_options(locals()), band_bins=band_bins, mask_linear_layers=mask_estimator_depth,
                          transformer_norms=False, final_norm=True)
+
+    def _mask_estimator(self, dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor,
+                        flash_attn):
+        return build_mask_estimator(self.mask_estimator_config, dim, feature_indices, num_features,
+                                    mask_linear_layers, mlp_expansion_factor, flash_attn)

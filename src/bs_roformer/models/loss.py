@@ -56,10 +56,13 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
       (`_MeanSpectralModulus`).
     """
 
-    def __init__(self, window_sizes, hop_length, stft_n_fft, normalized=False, window_fn=torch.hann_window):
+    def __init__(self, window_sizes, hop_length, stft_n_fft, normalized=False, window_fn=torch.hann_window,
+                 quarter_window_hop=False):
         super().__init__()
         self.window_sizes = tuple(window_sizes)
         self.hop_length, self.stft_n_fft, self.normalized = hop_length, stft_n_fft, normalized
+        # with `quarter_window_hop` each resolution hops max(hop_length, w // 4) (MSST's Mel conformer)
+        self.hops = {size: max(hop_length, size // 4) if quarter_window_hop else hop_length for size in window_sizes}
         for size in self.window_sizes:
             self.register_buffer(f"window_{size}", window_fn(size).float(), persistent=False)
         self.longest_transform = max((max(size, stft_n_fft) for size in self.window_sizes), default=0)
@@ -69,7 +72,7 @@ class MultiResolutionSTFTLoss(torch.nn.Module):
         n_fft = max(size, self.stft_n_fft)
         padded = F.pad(audio[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
         left = (n_fft - size) // 2  # where the window starts in each n_fft frame
-        windowed = padded[:, left : padded.shape[-1] - (n_fft - size - left)].unfold(-1, size, self.hop_length)
+        windowed = padded[:, left : padded.shape[-1] - (n_fft - size - left)].unfold(-1, size, self.hops[size])
         windowed = windowed * getattr(self, f"window_{size}")
         norm = "ortho" if self.normalized else "backward"
         if torch.compiler.is_compiling():

@@ -12,7 +12,13 @@ class MelBandRoformer(Roformer):
     `num_bands` bands from the support of a Slaney Mel filterbank at `sample_rate`. The mask estimator has
     `mask_estimator_depth + 1` Linear layers (so a published config with depth 2 has three). Every transformer ends
     with its own RMSNorm. The output has `hop * (samples // hop)` samples unless `match_input_audio_length`.
+    `use_pope`: polar instead of rotary positions (MSST).
     """
+
+    # Linear layers of the mask MLP beyond `mask_estimator_depth`, and whether each transformer ends with an RMSNorm:
+    # fixed by the published layout; MSST's Mel conformer (a subclass) differs in both
+    EXTRA_MASK_LAYERS = 1
+    TRANSFORMER_NORMS = True
 
     def __init__(
         self,
@@ -48,17 +54,22 @@ class MelBandRoformer(Roformer):
         use_torch_checkpoint: bool = False,
         skip_connection: bool = False,
         add_value_residual: bool = False,
+        use_pope: bool = False,
         **ignored,
     ):
         warn_ignored(ignored)
-        if mask_estimator_depth < 0:
-            raise ValueError(f"mask_estimator_depth must be >= 0 for MelBandRoformer, got {mask_estimator_depth}")
-        membership = mel_band_membership(sample_rate, stft_n_fft, num_bands)
+        if mask_estimator_depth + self.EXTRA_MASK_LAYERS < 1:
+            raise ValueError(f"mask_estimator_depth must be >= {1 - self.EXTRA_MASK_LAYERS} for "
+                             f"{type(self).__name__}, got {mask_estimator_depth}")
+        membership = self.band_membership(sample_rate, stft_n_fft, num_bands)
         band_bins = [row.nonzero().flatten().tolist() for row in membership]
         self.num_bands, self.sample_rate = num_bands, sample_rate
         self.match_input_audio_length = match_input_audio_length
-        super().__init__(**shared_options(locals()), band_bins=band_bins, mask_linear_layers=mask_estimator_depth + 1,
-                         transformer_norms=True, final_norm=False)
+        super().__init__(**shared_options(locals()), band_bins=band_bins,
+                         mask_linear_layers=mask_estimator_depth + self.EXTRA_MASK_LAYERS,
+                         transformer_norms=self.TRANSFORMER_NORMS, final_norm=False)
+
+    band_membership = staticmethod(mel_band_membership)
 
     def _istft_length(self, samples: int) -> int | None:
         return samples if self.match_input_audio_length else None

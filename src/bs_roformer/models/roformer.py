@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import nn
 
-from .attention import RMSNorm, RotaryEmbedding, Transformer
+from .attention import PolarEmbedding, RMSNorm, RotaryEmbedding, Transformer
 from .bands import BandSplit, MaskEstimator, band_feature_indices
 from .loss import MultiResolutionSTFTLoss, roformer_loss
 from .stft import STFT
@@ -27,6 +27,7 @@ SHARED_OPTIONS = (
     "stft_hop_length", "stft_win_length", "stft_normalized", "stft_window_fn", "zero_dc", "mlp_expansion_factor",
     "multi_stft_resolution_loss_weight", "multi_stft_resolutions_window_sizes", "multi_stft_hop_size",
     "multi_stft_normalized", "multi_stft_window_fn", "use_torch_checkpoint", "skip_connection", "add_value_residual",
+    "use_pope",
 )
 
 
@@ -50,7 +51,7 @@ class Roformer(nn.Module):
         stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn, zero_dc,
         mask_linear_layers, mlp_expansion_factor, multi_stft_resolution_loss_weight,
         multi_stft_resolutions_window_sizes, multi_stft_hop_size, multi_stft_normalized, multi_stft_window_fn,
-        use_torch_checkpoint, skip_connection, add_value_residual, transformer_norms, final_norm,
+        use_torch_checkpoint, skip_connection, add_value_residual, use_pope, transformer_norms, final_norm,
     ):
         super().__init__()
         self.stereo = stereo
@@ -60,16 +61,20 @@ class Roformer(nn.Module):
         self.skip_connection = skip_connection
         self.stft = STFT(stft_n_fft, stft_hop_length, stft_win_length, stft_normalized, stft_window_fn)
 
-        time_rotary, freq_rotary = RotaryEmbedding(dim_head), RotaryEmbedding(dim_head)
+        # one position module per axis, shared by all its layers: rotary, or polar with `use_pope` (MSST)
+        if use_pope:
+            time_positions = dict(pope_embed=PolarEmbedding(dim_head, heads))
+            freq_positions = dict(pope_embed=PolarEmbedding(dim_head, heads))
+        else:
+            time_positions = dict(rotary_embed=RotaryEmbedding(dim_head))
+            freq_positions = dict(rotary_embed=RotaryEmbedding(dim_head))
         common = dict(dim=dim, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
                       norm_output=transformer_norms, flash_attn=flash_attn, grad_checkpoint=use_torch_checkpoint)
         self.layers = nn.ModuleList()
         for block in range(depth):
             axes = [
-                Transformer(depth=time_transformer_depth, rotary_embed=time_rotary, value_residual=add_value_residual,
-                            holds_first_values=block == 0, **common),
-                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rotary, value_residual=add_value_residual,
-                            holds_first_values=block == 0, **common),
+                self._axis_transformer(block, time_transformer_depth, time_positions, common, add_value_residual),
+                self._axis_transformer(block, freq_transformer_depth, freq_positions, common, add_value_residual),
             ]
             if linear_transformer_depth > 0:
                 axes.insert(0, Transformer(depth=linear_transformer_depth, linear_attn=True, **common))
@@ -80,12 +85,14 @@ class Roformer(nn.Module):
         num_features = 2 * self.audio_channels * self.stft.num_bins
         self.band_split = BandSplit(dim, feature_indices, num_features)
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor)
+            self._mask_estimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor,
+                                 flash_attn)
             for _ in range(num_stems)
         )
         # each bin's mask is the mean over the bands that contain it (1 everywhere for BS-RoFormer)
         all_indices = torch.cat(feature_indices)
-        bands_per_feature = torch.zeros(num_features).index_add_(0, all_indices, torch.ones(len(all_indices)))
+        bands_per_feature = torch.zeros(num_features, device="cpu").index_add_(
+            0, all_indices, torch.ones(len(all_indices), device="cpu"))
         self.register_buffer("inverse_band_count", 1.0 / bands_per_feature, persistent=False)
         self.averages_overlaps = bool((bands_per_feature > 1).any())
 
@@ -94,6 +101,16 @@ class Roformer(nn.Module):
             multi_stft_resolutions_window_sizes, multi_stft_hop_size, stft_n_fft, multi_stft_normalized,
             multi_stft_window_fn,
         )
+
+    def _axis_transformer(self, block: int, depth: int, positions: dict, common: dict, add_value_residual: bool):
+        """The time or frequency transformer of `block`; the variants (experimental, conformer) build their own."""
+        return Transformer(depth=depth, value_residual=add_value_residual, holds_first_values=block == 0,
+                           **positions, **common)
+
+    def _mask_estimator(self, dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor,
+                        flash_attn):
+        """One stem's mask estimator; BS-RoFormer's `mask_estimator` option selects another head."""
+        return MaskEstimator(dim, feature_indices, num_features, mask_linear_layers, mlp_expansion_factor)
 
     # ---- input checks -------------------------------------------------------------------------------------------
 
