@@ -34,42 +34,103 @@ def inspect_command(args) -> int:
     return 0
 
 
-def model_files(args) -> tuple:
-    """(config, checkpoint) from -c/-m, a published model's with -n ID (downloaded on first use), or the shipped
-    demo model's with --demo."""
-    if args.model:
-        if args.config or args.checkpoint or args.demo:
-            raise ValueError("--model names a published model: leave out --config, --checkpoint and --demo")
-        from .pretrained import fetch
+NO_MODEL = ("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo, or name a published model "
+            "with --model ID (`bs-roformer models` lists them)")
 
-        return fetch(args.model, progress=not args.quiet)
+
+def model_files(args) -> list[tuple]:
+    """(config, checkpoint, name) of each model the options give, in this order: -c/-m, --demo (the shipped demo
+    model), each -n ID (a published model, downloaded on first use), each --member CONFIG CHECKPOINT."""
+    members = []
+    if args.demo and (args.config or args.checkpoint):
+        raise ValueError("--demo uses the shipped demo model: leave out --config and --checkpoint (ensemble it "
+                         "with other models through --member CONFIG CHECKPOINT or -n ID)")
+    if args.config or args.checkpoint:
+        if not (args.config and args.checkpoint):
+            raise ValueError(NO_MODEL)
+        members.append((args.config, args.checkpoint, Path(args.checkpoint).stem))
     if args.demo:
-        if args.config or args.checkpoint:
-            raise ValueError("--demo uses the shipped demo model: leave out --config and --checkpoint")
         from . import demo
 
-        return demo.CONFIG, demo.WEIGHTS
-    if not (args.config and args.checkpoint):
-        raise ValueError("give the model as --config CONFIG.yaml --checkpoint WEIGHTS, or use --demo, or name a "
-                         "published model with --model ID (`bs-roformer models` lists them)")
-    return args.config, args.checkpoint
+        members.append((demo.CONFIG, demo.WEIGHTS, "demo"))
+    for model_id in args.model or []:
+        from .pretrained import fetch
+
+        members.append((*fetch(model_id, progress=not args.quiet), model_id))
+    for config, checkpoint in getattr(args, "member", None) or []:
+        members.append((config, checkpoint, Path(checkpoint).stem))
+    if not members:
+        raise ValueError(NO_MODEL)
+    return members
 
 
-def load_separator(args, **options):
-    """The Separator for a command's model options, with the device and precision checked before the model loads."""
+def load_separators(args, **options) -> list:
+    """A Separator for each model the options give, with the device and precision checked before any loads."""
     from .device import resolve_device, resolve_precision
     from .separate import Separator
 
     device = resolve_device(args.device)
     resolve_precision(args.precision, device)
-    config, checkpoint = model_files(args)
-    name = args.model or ("demo" if args.demo else Path(checkpoint).stem)
-    if args.lora:
-        from .lora import adapted_checkpoint
+    members = model_files(args)
+    if args.lora and len(members) > 1:
+        raise ValueError("--lora adapts one model: leave it out of ensembles")
+    separators = []
+    for config, checkpoint, name in members:
+        if args.lora:
+            from .lora import adapted_checkpoint
 
-        checkpoint = adapted_checkpoint(config, checkpoint, args.lora)
-    return Separator.from_files(config, checkpoint, args.model_type, device=device, precision=args.precision,
-                                batch_size=args.batch_size, name=name, **options)
+            checkpoint = adapted_checkpoint(config, checkpoint, args.lora)
+        separators.append(Separator.from_files(config, checkpoint, args.model_type, device=device,
+                                               precision=args.precision, batch_size=args.batch_size, name=name,
+                                               **options))
+    return separators
+
+
+def load_separator(args, **options):
+    """The one Separator a command's model options give."""
+    separators = load_separators(args, **options)
+    if len(separators) > 1:
+        raise ValueError(f"{args.command} takes one model, got {len(separators)}: give one of -c/-m, --demo or -n ID")
+    return separators[0]
+
+
+def load_separate_model(args):
+    """The Separator of `separate`'s options, or an EnsembleSeparator for several models, --shifts or --preset."""
+    ensemble_name = None
+    if args.preset:
+        from .presets import get_preset
+
+        preset = get_preset(args.preset)
+        if args.model or args.config or args.checkpoint or args.demo or args.member:
+            raise ValueError("--preset gives the models: leave out -n, -c/-m, --demo and --member")
+        args.model, ensemble_name = preset["models"], args.preset
+        args.ensemble = args.ensemble or preset["algorithm"]
+        args.weights = args.weights or (",".join(map(str, preset["weights"])) if preset.get("weights") else None)
+    try:
+        weights = [float(weight) for weight in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        raise ValueError(f"--weights takes numbers separated by commas, like 2,1,1; got {args.weights!r}") from None
+    count = model_count(args)
+    if count == 1 and (args.ensemble or weights):
+        raise ValueError("--ensemble and --weights combine several models: add models with -n ID or --member")
+    algorithm = args.ensemble or "mean"
+    if count > 1:
+        from .ensemble import check_weights
+
+        check_weights(algorithm, weights, count)  # before any download
+    separators = load_separators(args, chunk_size=args.chunk_size, num_overlap=args.overlap, tta=args.tta)
+    if len(separators) == 1 and args.shifts == 1:
+        return separators[0]
+    from .ensemble import EnsembleSeparator
+
+    return EnsembleSeparator(separators, algorithm, weights, shifts=args.shifts,
+                             name=ensemble_name if len(separators) > 1 else separators[0].name)
+
+
+def model_count(args) -> int:
+    """How many models the options name (without downloading any)."""
+    return (bool(args.config or args.checkpoint) + args.demo + len(args.model or [])
+            + len(getattr(args, "member", None) or []))
 
 
 def onnx_separator(args):
@@ -104,10 +165,7 @@ def separate_command(args) -> int:
         print("error: nothing to separate", file=sys.stderr)
         return 1
     args.device = job.device(args.device)
-    if args.backend == "onnxruntime":
-        separator = onnx_separator(args)
-    else:
-        separator = load_separator(args, chunk_size=args.chunk_size, num_overlap=args.overlap, tta=args.tta)
+    separator = onnx_separator(args) if args.backend == "onnxruntime" else load_separate_model(args)
     names = separator.output_names(args.stems.split(",") if args.stems else None, args.instrumental)
     if job.rank == 0:
         check_distinct_outputs(separator, tracks, args.output, args.filename, args.format, names)
@@ -221,6 +279,17 @@ def train_command(args) -> int:
 def models_command(args) -> int:
     from .pretrained import list_models, models_table
 
+    if args.presets:
+        from .presets import PRESETS, presets_table
+
+        if args.json:
+            import json
+
+            print(json.dumps(PRESETS, indent=1))
+        else:
+            print(presets_table())
+        return 0
+
     entries = list_models(stem=args.stem, architecture=args.arch)
     if args.json:
         import json
@@ -245,8 +314,11 @@ def export_command(args) -> int:
 
     from .export import export_files
 
-    config, checkpoint = model_files(args)
-    metadata = export_files(config, checkpoint, args.output, source_id=args.model or ("demo" if args.demo else None),
+    members = model_files(args)
+    if len(members) > 1:
+        raise ValueError(f"export takes one model, got {len(members)}")
+    config, checkpoint, name = members[0]
+    metadata = export_files(config, checkpoint, args.output, source_id=name if args.model or args.demo else None,
                             model_type=args.model_type, chunk_size=args.chunk_size, opset=args.opset, fp16=args.fp16,
                             overwrite=args.overwrite)
     print(f"wrote {args.output}: {metadata['model_type']}, stems {', '.join(json.loads(metadata['stems']))}, "
@@ -297,8 +369,9 @@ YAML config and its checkpoint; --demo is a small model shipped in the package, 
 
 def add_model_options(parser: argparse.ArgumentParser):
     """-n/-c/-m/--demo and how the model runs: the options separate and evaluate share."""
-    parser.add_argument("-n", "--model", metavar="ID", help="a published model by name (`bs-roformer models`), "
-                        "downloaded and verified on first use")
+    parser.add_argument("-n", "--model", metavar="ID", action="append", help="a published model by name "
+                        "(`bs-roformer models`), downloaded and verified on first use; separate takes several "
+                        "(an ensemble)")
     parser.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
     parser.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
     parser.add_argument("--demo", action="store_true", help="use the small demo model shipped in the package")
@@ -343,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "inference.chunk_size, else audio.chunk_size)")
     separate.add_argument("--tta", action="store_true", help="average with channel-swapped and polarity-inverted "
                           "passes (3x the time)")
+    separate.add_argument("--member", nargs=2, action="append", metavar=("CONFIG", "CHECKPOINT"), help="another "
+                          "local model for an ensemble (repeatable; with -c/-m, --demo and -n ID)")
+    separate.add_argument("--ensemble", metavar="ALGORITHM", help="how several models' stems are combined: mean, "
+                          "median, min, max (waveforms), mean_spec, median_spec, min_spec, max_spec (spectrograms; "
+                          "the README defines each). Default: mean")
+    separate.add_argument("--weights", help="one weight per model for mean and mean_spec, comma-separated "
+                          "(e.g. 2,1,1), in the order -c/-m, --demo, -n, --member")
+    separate.add_argument("--shifts", type=positive_int, default=1, help="average K passes, the mix delayed by "
+                          "k/K of a chunk step for k = 0..K-1 (K x the time)")
+    separate.add_argument("--preset", help="a named ensemble of published models (`bs-roformer models --presets`)")
     separate.add_argument("--stems", help="comma-separated outputs to write: the model's stems and/or instrumental "
                           "(default: all the model's stems)")
     separate.add_argument("--instrumental", action="store_true", help="also write the mixture minus the target stem")
@@ -365,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a model to ONNX, STFT and iSTFT inside the graph",
                                  formatter_class=formatter)
-    export.add_argument("-n", "--model", metavar="ID", help="a published model by name (`bs-roformer models`)")
+    export.add_argument("-n", "--model", metavar="ID", action="append",
+                        help="a published model by name (`bs-roformer models`)")
     export.add_argument("-c", "--config", help="the model's YAML config (MSST format)")
     export.add_argument("-m", "--checkpoint", help="the model's weights (.ckpt/.pth/.safetensors)")
     export.add_argument("--demo", action="store_true", help="export the small demo model shipped in the package")
@@ -433,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--stem", help="only models with this stem (vocals, instrum, drums, ...)")
     models.add_argument("--arch", help="only this architecture: bs_roformer (bs) or mel_band_roformer (mel)")
     models.add_argument("--json", action="store_true", help="print the entries as JSON, with a 'cached' field")
+    models.add_argument("--presets", action="store_true", help="list the ensemble presets (--preset NAME) and "
+                        "their models' published scores")
     models.set_defaults(run=models_command)
 
     pull = commands.add_parser("pull", help="download published models into the cache (verified by sha256)",

@@ -137,11 +137,8 @@ def identity_key(record: dict) -> tuple:
 
 
 def job_settings(separator, names: list[str], output_format: str, template: str) -> dict:
-    """The model and settings a ledger line was made with; a file is done only for the same ones. (The batch size
-    is left out: it changes the speed, and may be lowered after an out-of-memory error.)"""
-    return {"model": separator.name, "sample_rate": separator.sample_rate, "chunk_size": separator.chunk_size,
-            "num_overlap": separator.num_overlap, "tta": separator.tta, "precision": separator.precision,
-            "outputs": names, "format": output_format, "template": template}
+    """The model and settings a ledger line was made with; a file is done only for the same ones."""
+    return {**separator.settings(), "outputs": names, "format": output_format, "template": template}
 
 
 def done_files(records: list[dict], settings: dict) -> set[tuple]:
@@ -323,25 +320,28 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def separate_one(separator, track: Track, out_dir: Path, options: dict, reader):
-    """separate_file, retried at half the batch size after each out-of-memory error down to a batch of 1 (the
-    retries read the file afresh); the batch size is restored afterwards."""
+    """separate_file, retried at half the batch size (of every model, for an ensemble) after each out-of-memory error
+    down to a batch of 1 (the retries read the file afresh); the batch sizes are restored afterwards."""
     import torch
 
-    batch_size = separator.batch_size
+    models = getattr(separator, "separators", [separator])  # an EnsembleSeparator's members
+    batch_sizes = [model.batch_size for model in models]
     try:
         while True:
             try:
                 return separator.separate_file(track.path, out_dir, track=track, reader=reader, **options)
             except torch.OutOfMemoryError:
-                if separator.batch_size == 1:
+                if all(model.batch_size == 1 for model in models):
                     raise
-                separator.batch_size //= 2
+                for model in models:
+                    model.batch_size = max(1, model.batch_size // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 reader.close()
                 reader = AudioReader(track.path)
     finally:
-        separator.batch_size = batch_size
+        for model, batch_size in zip(models, batch_sizes):
+            model.batch_size = batch_size
         reader.close()
 
 

@@ -39,113 +39,19 @@ class FileResult:
     seconds: float
 
 
-class Separator:
-    """Separates songs with a Roformer model. Build it with `Separator.from_files(config, checkpoint)` (or
-    `Separator.demo()`, or from a model and its config dict), then call `separate(audio, sample_rate)` on tensors or
-    `separate_file(path, out_dir)` on files.
+class FileSeparator:
+    """What separates tensors and files given `stem_blocks`: the base of `Separator` and of
+    `ensemble.EnsembleSeparator`. A subclass sets `name`, `stems`, `target` (the stem the instrumental is the
+    mixture minus) and `sample_rate` (the default rate of `separate`), and defines `stem_blocks`."""
 
-    Settings default to the config's `inference` section (`chunk_size`, `num_overlap`, `batch_size`), then its
-    `audio` section; stem names come from `training.target_instrument` / `training.instruments`. `model` is any
-    callable mapping (batch, channels, samples) to stems as the Roformers do (a torch module, or an ONNX runtime
-    session wrapped so)."""
-
-    def __init__(self, model, config: dict, *, device="auto", precision="auto", chunk_size: int | None = None,
-                 num_overlap: int | None = None, batch_size: int | None = None, tta: bool = False,
-                 name: str = "model"):
-        from .config import setting, stem_names
-
-        self.device = resolve_device(device)
-        self.precision, self.precision_reason = resolve_precision(precision, self.device, config)
-        if isinstance(model, torch.nn.Module):
-            model = model.to(self.device).eval()
-        self.model = model
-        if hasattr(model, "match_input_audio_length"):
-            model.match_input_audio_length = True  # Mel: every chunk's estimate covers the whole chunk
-        self.name = name
-        self.sample_rate = setting(config, "audio", "sample_rate", int, 44100)
-        self.chunk_size = _positive("chunk_size", chunk_size) or setting(
-            config, "inference", "chunk_size", int, None) or setting(config, "audio", "chunk_size", int,
-                                                                     8 * self.sample_rate)
-        self.num_overlap = _positive("num_overlap", num_overlap) or setting(config, "inference", "num_overlap", int, 2)
-        self.batch_size = _positive("batch_size", batch_size) or setting(config, "inference", "batch_size", int, 1)
-        for key in ("chunk_size", "num_overlap", "batch_size"):
-            _positive(key, getattr(self, key))
-        stft = getattr(model, "stft", None)
-        if stft is not None and self.chunk_size <= stft.n_fft // 2:
-            raise ValueError(f"chunk_size {self.chunk_size} is too short for the model's STFT (n_fft {stft.n_fft}): "
-                             f"use a chunk of more than {stft.n_fft // 2} samples (published configs use about 8 s)")
-        self.tta = tta
-        self.stems = stem_names(config)
-        self.target = "vocals" if "vocals" in self.stems else self.stems[0]
-        self.model_channels = 2 if getattr(model, "stereo", True) else 1
-
-    @classmethod
-    def from_files(cls, config_path, checkpoint_path, model_type: str | None = None, **options) -> "Separator":
-        from .config import load_model
-
-        model, config = load_model(config_path, checkpoint_path, model_type)
-        options.setdefault("name", "model" if isinstance(checkpoint_path, dict) else Path(checkpoint_path).stem)
-        return cls(model, config, **options)
-
-    @classmethod
-    def demo(cls, **options) -> "Separator":
-        """The small vocal model shipped in the package (trained on synthetic songs; see `bs_roformer.demo`)."""
-        from . import demo
-
-        return cls.from_files(demo.CONFIG, demo.WEIGHTS, name="demo", **options)
-
-    @classmethod
-    def from_pretrained(cls, model_id: str, progress: bool = True, **options) -> "Separator":
-        """A published model by its registry id (`bs-roformer models`), downloaded and sha256-checked on first use."""
-        from .pretrained import fetch
-
-        config, checkpoint = fetch(model_id, progress=progress)
-        return cls.from_files(config, checkpoint, name=model_id, **options)
-
-    def describe(self) -> str:
-        """One line for a run's header: the model, its stems, device, precision and chunking."""
-        return (f"{self.name}: {', '.join(self.stems)} | {self.device}, {self.precision} ({self.precision_reason}) | "
-                f"chunks of {self.chunk_size / self.sample_rate:g} s, overlap {self.num_overlap}, "
-                f"batch {self.batch_size}{', TTA' if self.tta else ''}")
-
-    # ---- the model on one batch of chunks ------------------------------------------------------------------------
-
-    def separate_chunks(self, batch: torch.Tensor) -> torch.Tensor:
-        """(b, channels, chunk) in the file's channel count -> (b, stems, channels, chunk), float32."""
-        channels = batch.shape[1]
-        if channels == self.model_channels:
-            model_input = batch
-        elif self.model_channels == 2:  # mono file, stereo model: feed both channels the same signal
-            model_input = batch.expand(-1, 2, -1)
-        else:  # stereo file, mono model: each channel on its own
-            model_input = batch.reshape(-1, 1, batch.shape[-1])
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            out = self.model(model_input).float()
-        if out.ndim == 3:  # one stem
-            out = out.unsqueeze(1)
-        if channels == self.model_channels:
-            return out
-        if self.model_channels == 2:
-            return out.mean(dim=2, keepdim=True)
-        return out.reshape(batch.shape[0], channels, out.shape[1], -1).transpose(1, 2)
-
-    # ---- streams of blocks at the file's rate --------------------------------------------------------------------
+    name: str
+    stems: list[str]
+    target: str
+    sample_rate: int
 
     def stem_blocks(self, mix: Iterator[torch.Tensor], sample_rate: int, frames: int, channels: int,
                     progress: Callable[[float], None] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Separate a mix given as (channels, n) float32 blocks at `sample_rate`, `frames` samples in all; yields
-        {stem: (channels, n)} blocks at the same rate, `frames` samples in all. `progress(seconds)` is called with
-        each stretch of separated audio."""
-        model_rate_mix = resample(mix, sample_rate, self.sample_rate, channels)
-        length = resampled_length(frames, sample_rate, self.sample_rate)
-        model_call = tta_separate(self.separate_chunks) if self.tta else self.separate_chunks
-        separated = overlap_add(model_rate_mix, length, model_call, chunk=self.chunk_size,
-                                num_overlap=self.num_overlap, batch_size=self.batch_size, device=self.device,
-                                progress=None if progress is None else lambda n: progress(n / self.sample_rate))
-        flat = (block.reshape(-1, block.shape[-1]) for block in separated)  # (stems x channels, n)
-        at_file_rate = fit_stream_length(resample(flat, self.sample_rate, sample_rate, len(self.stems) * channels),
-                                         frames)
-        yield from split_stems(at_file_rate, self.stems, channels)
+        raise NotImplementedError
 
     def separate(self, audio, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
         """audio (channels, samples) or (samples,) at `sample_rate` (default: the model's) -> {stem: tensor of the
@@ -220,7 +126,7 @@ class Separator:
             seconds = info.frames / info.sample_rate
             cleaned = CleanBlocks(audio.blocks())
             wants_instrumental = "instrumental" in outputs
-            for_model, for_instrumental = two_readers(cleaned) if wants_instrumental else (iter(cleaned), None)
+            for_model, for_instrumental = readers(cleaned) if wants_instrumental else (iter(cleaned), None)
             bar = FileProgress(progress, path.name, seconds)
             try:
                 stem_blocks = self.stem_blocks(for_model, info.sample_rate, info.frames, info.channels, bar.advance)
@@ -233,6 +139,120 @@ class Separator:
             warnings.warn(f"{path}: {cleaned.replaced} NaN or infinite samples were replaced by 0", stacklevel=2)
         return FileResult(list(outputs.values()), seconds)
 
+
+class Separator(FileSeparator):
+    """Separates songs with a Roformer model. Build it with `Separator.from_files(config, checkpoint)` (or
+    `Separator.demo()`, or from a model and its config dict), then call `separate(audio, sample_rate)` on tensors or
+    `separate_file(path, out_dir)` on files.
+
+    Settings default to the config's `inference` section (`chunk_size`, `num_overlap`, `batch_size`), then its
+    `audio` section; stem names come from `training.target_instrument` / `training.instruments`. `model` is any
+    callable mapping (batch, channels, samples) to stems as the Roformers do (a torch module, or an ONNX runtime
+    session wrapped so)."""
+
+    def __init__(self, model, config: dict, *, device="auto", precision="auto", chunk_size: int | None = None,
+                 num_overlap: int | None = None, batch_size: int | None = None, tta: bool = False,
+                 name: str = "model"):
+        from .config import setting, stem_names
+
+        self.device = resolve_device(device)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device, config)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
+        if hasattr(model, "match_input_audio_length"):
+            model.match_input_audio_length = True  # Mel: every chunk's estimate covers the whole chunk
+        self.name = name
+        self.sample_rate = setting(config, "audio", "sample_rate", int, 44100)
+        self.chunk_size = _positive("chunk_size", chunk_size) or setting(
+            config, "inference", "chunk_size", int, None) or setting(config, "audio", "chunk_size", int,
+                                                                     8 * self.sample_rate)
+        self.num_overlap = _positive("num_overlap", num_overlap) or setting(config, "inference", "num_overlap", int, 2)
+        self.batch_size = _positive("batch_size", batch_size) or setting(config, "inference", "batch_size", int, 1)
+        for key in ("chunk_size", "num_overlap", "batch_size"):
+            _positive(key, getattr(self, key))
+        stft = getattr(model, "stft", None)
+        if stft is not None and self.chunk_size <= stft.n_fft // 2:
+            raise ValueError(f"chunk_size {self.chunk_size} is too short for the model's STFT (n_fft {stft.n_fft}): "
+                             f"use a chunk of more than {stft.n_fft // 2} samples (published configs use about 8 s)")
+        self.tta = tta
+        self.stems = stem_names(config)
+        self.target = "vocals" if "vocals" in self.stems else self.stems[0]
+        self.model_channels = 2 if getattr(model, "stereo", True) else 1
+
+    @classmethod
+    def from_files(cls, config_path, checkpoint_path, model_type: str | None = None, **options) -> "Separator":
+        from .config import load_model
+
+        model, config = load_model(config_path, checkpoint_path, model_type)
+        options.setdefault("name", "model" if isinstance(checkpoint_path, dict) else Path(checkpoint_path).stem)
+        return cls(model, config, **options)
+
+    @classmethod
+    def demo(cls, **options) -> "Separator":
+        """The small vocal model shipped in the package (trained on synthetic songs; see `bs_roformer.demo`)."""
+        from . import demo
+
+        return cls.from_files(demo.CONFIG, demo.WEIGHTS, name="demo", **options)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, progress: bool = True, **options) -> "Separator":
+        """A published model by its registry id (`bs-roformer models`), downloaded and sha256-checked on first use."""
+        from .pretrained import fetch
+
+        config, checkpoint = fetch(model_id, progress=progress)
+        return cls.from_files(config, checkpoint, name=model_id, **options)
+
+    def settings(self) -> dict:
+        """What the outputs depend on (the ledger's test for "done with the same settings"); the batch size is left
+        out: it changes the speed, and may be lowered after an out-of-memory error."""
+        return {"model": self.name, "sample_rate": self.sample_rate, "chunk_size": self.chunk_size,
+                "num_overlap": self.num_overlap, "tta": self.tta, "precision": self.precision}
+
+    def describe(self) -> str:
+        """One line for a run's header: the model, its stems, device, precision and chunking."""
+        return (f"{self.name}: {', '.join(self.stems)} | {self.device}, {self.precision} ({self.precision_reason}) | "
+                f"chunks of {self.chunk_size / self.sample_rate:g} s, overlap {self.num_overlap}, "
+                f"batch {self.batch_size}{', TTA' if self.tta else ''}")
+
+    # ---- the model on one batch of chunks ------------------------------------------------------------------------
+
+    def separate_chunks(self, batch: torch.Tensor) -> torch.Tensor:
+        """(b, channels, chunk) in the file's channel count -> (b, stems, channels, chunk), float32."""
+        channels = batch.shape[1]
+        if channels == self.model_channels:
+            model_input = batch
+        elif self.model_channels == 2:  # mono file, stereo model: feed both channels the same signal
+            model_input = batch.expand(-1, 2, -1)
+        else:  # stereo file, mono model: each channel on its own
+            model_input = batch.reshape(-1, 1, batch.shape[-1])
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            out = self.model(model_input).float()
+        if out.ndim == 3:  # one stem
+            out = out.unsqueeze(1)
+        if channels == self.model_channels:
+            return out
+        if self.model_channels == 2:
+            return out.mean(dim=2, keepdim=True)
+        return out.reshape(batch.shape[0], channels, out.shape[1], -1).transpose(1, 2)
+
+    # ---- streams of blocks at the file's rate --------------------------------------------------------------------
+
+    def stem_blocks(self, mix: Iterator[torch.Tensor], sample_rate: int, frames: int, channels: int,
+                    progress: Callable[[float], None] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Separate a mix given as (channels, n) float32 blocks at `sample_rate`, `frames` samples in all; yields
+        {stem: (channels, n)} blocks at the same rate, `frames` samples in all. `progress(seconds)` is called with
+        each stretch of separated audio."""
+        model_rate_mix = resample(mix, sample_rate, self.sample_rate, channels)
+        length = resampled_length(frames, sample_rate, self.sample_rate)
+        model_call = tta_separate(self.separate_chunks) if self.tta else self.separate_chunks
+        separated = overlap_add(model_rate_mix, length, model_call, chunk=self.chunk_size,
+                                num_overlap=self.num_overlap, batch_size=self.batch_size, device=self.device,
+                                progress=None if progress is None else lambda n: progress(n / self.sample_rate))
+        flat = (block.reshape(-1, block.shape[-1]) for block in separated)  # (stems x channels, n)
+        at_file_rate = fit_stream_length(resample(flat, self.sample_rate, sample_rate, len(self.stems) * channels),
+                                         frames)
+        yield from split_stems(at_file_rate, self.stems, channels)
 
 # ---- the steps -----------------------------------------------------------------------------------------------------
 
@@ -287,20 +307,23 @@ def with_instrumental(stem_blocks: Iterator[dict], mix: Iterator[torch.Tensor], 
         yield {**block, "instrumental": mix.take(block[target].shape[-1]) - block[target]}
 
 
-def two_readers(blocks) -> tuple[Iterator, Iterator]:
-    """Two iterators over one stream of blocks (the model's and the instrumental's) that keep only the blocks the
-    slower one has not read yet; itertools.tee frees items in groups of 57, here minutes of audio."""
-    source, unread = iter(blocks), (deque(), deque())
+def readers(blocks, count: int = 2) -> list[Iterator]:
+    """`count` iterators over one stream of blocks (the model's and the instrumental's; an ensemble's members') that
+    keep only the blocks the slowest has not read yet; itertools.tee frees items in groups of 57, here minutes of
+    audio."""
+    source, unread = iter(blocks), [deque() for _ in range(count)]
 
-    def reader(own: deque, other: deque):
+    def reader(own: deque):
         while own or (block := next(source, None)) is not None:
             if own:
                 yield own.popleft()
             else:
-                other.append(block)
+                for other in unread:
+                    if other is not own:
+                        other.append(block)
                 yield block
 
-    return reader(*unread), reader(*reversed(unread))
+    return [reader(queue) for queue in unread]
 
 
 class SampleQueue:
