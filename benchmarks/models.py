@@ -114,7 +114,8 @@ def benchmark(model_name: str, args) -> list[str]:
     reference_fp32 = run_inference(reference, audio, bf16=False)
     length = reference_fp32.shape[-1]
     parity = (fp32[..., :length] - reference_fp32).abs().max().item()
-    if not inference_only:
+    with_bf16 = not inference_only and "bf16" in args.precisions.split(",")
+    if with_bf16:
         snr_ours = snr_db(run_inference(model, audio, bf16=True), fp32)
         snr_reference = snr_db(run_inference(reference, audio, bf16=True), reference_fp32)
     with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
@@ -129,6 +130,7 @@ def benchmark(model_name: str, args) -> list[str]:
     }
     if inference_only:
         tasks = {"inference fp32": tasks["inference fp32"]}
+    tasks = {task: fn for task, fn in tasks.items() if task.split()[-1] in args.precisions.split(",")}
     runs = [(task, fn, model) for task, fn in tasks.items()]
     if args.compile:  # as the training loop's `compile: true` does; the reference side stays eager
         compiled = build("ours", model_name, config["model"], args.reference).compile_transformer_stack()
@@ -155,12 +157,12 @@ def benchmark(model_name: str, args) -> list[str]:
             memory[mode, side] = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    reference_fp32_time = times["inference fp32"]["reference"]
+    reference_fp32_time = times.get("inference fp32", {}).get("reference")
     rows = []
     for task, result in times.items():
         ratio = result["reference"] / result["ours"]
         row = f"| {model_name} | {task} | {result['ours']:.2f} | {result['reference']:.2f} | {ratio:.2f}x |"
-        if task == "inference bf16":
+        if task == "inference bf16" and reference_fp32_time:
             row += f" {reference_fp32_time / result['ours']:.2f}x |"
         else:
             row += " |"
@@ -179,7 +181,7 @@ def benchmark(model_name: str, args) -> list[str]:
     )
     notes = (f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, forward "
              f"{flops / 1e9:.0f} GFLOP; fp32 max |ours - reference| = {parity:.1e}")
-    if not inference_only:
+    if with_bf16:
         notes += f"; bf16 output SNR against fp32: ours {snr_ours:.1f} dB, reference {snr_reference:.1f} dB"
     return rows, notes, (peak32, peak16)
 
@@ -196,6 +198,8 @@ def main():
                         "viperx: the published models' sizes, fp32 inference only")
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precisions", default="fp32,bf16", help="fp32, bf16 or both (bf16 is emulated, and slow, "
+                        "on CPUs without AVX512-BF16 or AMX)")
     parser.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=("bs", "mel"), help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("inference", "train"), help=argparse.SUPPRESS)
@@ -208,15 +212,18 @@ def main():
     config = CONFIGS[args.size]
     models = (args.models or config["models"]).split(",")
     if not args.child:  # one fresh process per model: a heap grown by one model's runs slows the next one's
+        training = (f", {config['train_seconds']:g} s for training steps (forward, loss, backward)"
+                    if config["train_seconds"] else "")
         print(f"torch {torch.__version__}, {args.threads} threads, batch 1, stereo 44.1 kHz: {config['seconds']:g} s "
-              f"for inference, {config['train_seconds']:g} s for training steps (forward, loss, backward); model "
-              f"{config['model']}, hop 441, median of {args.repeats}, GLIBC_TUNABLES={TUNABLES}\n")
+              f"for inference{training}; model {config['model']}, hop 441, median of {args.repeats}, "
+              f"{args.precisions}, GLIBC_TUNABLES={TUNABLES}\n")
         print("| model | task | ours (s) | reference (s) | speed-up | vs reference fp32 | of matmul peak |")
         print("|---|---|---|---|---|---|---|", flush=True)
         notes = []
         for model_name in models:
             command = [sys.executable, __file__, "--child", "--models", model_name, "--size", args.size,
-                       "--repeats", str(args.repeats), "--threads", str(args.threads), "--reference", args.reference]
+                       "--repeats", str(args.repeats), "--threads", str(args.threads), "--reference", args.reference,
+                       "--precisions", args.precisions]
             command += ["--compile"] if args.compile else []
             lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
             print("\n".join(line for line in lines if line.startswith("|")), flush=True)

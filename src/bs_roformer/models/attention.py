@@ -1,8 +1,8 @@
 """Transformer pieces of the Roformers: RMSNorm, rotary or polar positions, gated softmax attention, XCiT linear
 attention.
 
-Module and parameter names follow the classic checkpoint layout (see the README's "Checkpoint layout"), so that
-`state_dict()` keys equal those of the published weights.
+Module and parameter names follow the classic checkpoint layout (the README's "Exactness"), so that `state_dict()`
+keys equal those of the published weights. The measurements behind the fast paths are in docs/performance.md.
 """
 
 from collections import OrderedDict
@@ -67,7 +67,7 @@ class RotaryEmbedding(nn.Module):
         x's dtype).
 
         With autograd the product is out of place, whose backward is one multiply (an in-place product's backward
-        copies and zero-fills the views, ~10x slower). Without, `x` (a fresh projection) is rotated in place.
+        copies and zero-fills the views, far slower). Without, `x` (a fresh projection) is rotated in place.
         Under `torch.export` (the ONNX export), in real arithmetic: ONNX has no complex tensors."""
         if torch.compiler.is_exporting():
             return self.rotate_real(x).to(dtype or x.dtype)
@@ -152,8 +152,8 @@ class Attention(nn.Module):
             return self._forward_polar(x, first_values)
         if torch.is_autocast_enabled(x.device.type):  # cast once, not in each of the four products below
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        # Training on the CPU attends in float32 under bf16 autocast: torch's CPU flash-attention backward runs
-        # 2.3x slower in bf16 than in float32, and bf16 steps of BS/Mel dim 128 on 2 s run 15-18% faster so.
+        # Training on the CPU attends in float32 under bf16 autocast: torch's CPU flash-attention backward is slower
+        # in bf16 than in float32 (torch 2.13).
         cpu_training = x.device.type == "cpu" and torch.is_grad_enabled()
         dtype = torch.float32 if cpu_training and x.dtype == torch.bfloat16 else x.dtype
         # q, k, v from three products on row blocks of `to_qkv`, one at a time to keep few large tensors alive
@@ -185,8 +185,8 @@ class Attention(nn.Module):
         """Inference on a block of sequences x: write its rotated queries and keys and its values into the
         (batch, heads, seq, dim_head) buffers q, k, v, and its gates into (batch, seq, heads, 1) `gates`; the
         buffers' dtype is the one to compute in. Each projection is made in a block-sized (cached) temporary, and
-        its rotation or copy turns it into the layout on which the CPU flash kernel runs fastest (15% faster on
-        801 frames than on the transposed views that `forward` passes)."""
+        its rotation or copy turns it into the layout on which the CPU flash kernel runs fastest (faster than on
+        the transposed views that `forward` passes)."""
         x = self.norm(x).to(q.dtype)
         batch, seq, dim = x.shape
         rows = x.view(-1, dim)
@@ -258,14 +258,13 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
-# Tokens per block in CPU inference (`Transformer._forward_in_blocks`): 4096 tokens of 512 heads x dim_head features
-# in float32 are 8 MB. 2048 to 8192 run within 3% of each other; 1024 (one 801-frame sequence a block) is 15% slower
-# in bf16, 16384 5% slower.
+# Tokens per block in CPU inference (`Transformer._forward_in_blocks`): a block's (tokens, heads x dim_head)
+# intermediates stay in the CPU's cache (4096 tokens of 512 float32 features are 8 MB).
 BLOCK_TOKENS = 4096
 
-# CPU inference pads sequences of these lengths to 64 tokens, the padding keys masked out: the CPU flash kernel runs
-# 56 to 63 tokens (the band axis of the published models has 60 or 62) far slower than 64. Measured at 62 tokens:
-# 0.57x the time in bf16, 0.8x in fp32. Elsewhere padding gains little or loses (33 and 65 tokens: 1.3-1.6x slower).
+# CPU inference pads sequences of these lengths to 64 tokens, the padding keys masked out: torch's CPU flash kernel
+# (2.13) runs 56 to 63 tokens (the band axis of the published models has 60 or 62) slower than 64; other lengths
+# gain little or lose.
 PADDED_TO_64 = range(56, 64)
 
 
@@ -313,8 +312,7 @@ class Transformer(nn.Module):
         """Inference on CPU, the same computation as `_forward`: everything but attention itself runs on blocks of
         whole sequences of about BLOCK_TOKENS tokens, whose (tokens, heads * dim_head) intermediates stay in cache
         (whole-tensor passes over them are memory-bound here), and the projections write q, k and v straight into
-        the layout attention runs fastest on. BS and Mel at dim 128 on 8 s: 8-10% faster than `_forward` in
-        float32, 19-20% in bf16."""
+        the layout attention runs fastest on."""
         batch, seq, dim = x.shape
         step = max(1, BLOCK_TOKENS // seq)
         blocks = [slice(start, start + step) for start in range(0, batch, step)]

@@ -195,9 +195,8 @@ class MaskEstimator(_GroupedBands):
         """x: (batch, frames, bands, dim) -> (batch, frames, num_features)."""
         if torch.is_grad_enabled() or self.num_linear == 1:
             return self._masks(x)
-        # In inference, slices of frames: every band's hidden layer at once would be the model's largest tensor
-        # (batch x frames x bands x 4 dim: 1.6 GB for viperx's model on 4 chunks), where the classic loop holds one
-        # band's. Each frame's masks depend on that frame alone.
+        # In inference, slices of frames: every band's hidden layer at once (batch x frames x bands x 4 dim) would be
+        # the model's largest tensor, where the classic loop holds one band's. A frame's masks depend on it alone.
         per_frame = x.shape[0] * x.shape[2] * self.hidden
         step = max(1, self.HIDDEN_ELEMENTS_PER_SLICE // per_frame)
         return torch.cat([self._masks(part) for part in x.split(step, dim=1)], dim=1)
