@@ -102,9 +102,13 @@ ROFORMER_ONLY_OPTIONS = ("time_transformer_depth", "freq_transformer_depth", "li
 
 
 class _Conformer:
-    """What both conformer classes change in the shared Roformer: their axis blocks."""
+    """What both conformer classes change in the shared Roformer: their axis blocks. Options: the model's own, with
+    the depths named `time_conformer_depth`, `freq_conformer_depth`, `linear_conformer_depth`, plus the conformer's
+    `ff_mult`, `conv_expansion_factor` and `conv_kernel_size`."""
 
-    def _set_conformer_options(self, options, ff_mult, conv_expansion_factor, conv_kernel_size):
+    def __init__(self, dim: int, *, time_conformer_depth: int = 2, freq_conformer_depth: int = 2,
+                 linear_conformer_depth: int = 0, ff_mult: int = 4, conv_expansion_factor: int = 2,
+                 conv_kernel_size: int = 31, **options):
         for key in ROFORMER_ONLY_OPTIONS:
             if key in options:
                 raise TypeError(f"unknown model option {key!r} for a conformer model type "
@@ -113,6 +117,8 @@ class _Conformer:
             raise ValueError(f"conv_kernel_size must be odd, got {conv_kernel_size}")
         self.conformer_options = dict(ff_mult=ff_mult, conv_expansion_factor=conv_expansion_factor,
                                       conv_kernel_size=conv_kernel_size)
+        super().__init__(dim, time_transformer_depth=time_conformer_depth, freq_transformer_depth=freq_conformer_depth,
+                         linear_transformer_depth=linear_conformer_depth, **options)
 
     def _axis_transformer(self, block, depth, positions, common, add_value_residual):
         return Conformer(depth=depth, dim=common["dim"], heads=common["heads"], dim_head=common["dim_head"],
@@ -122,16 +128,7 @@ class _Conformer:
 
 
 class BSConformer(_Conformer, BSRoformer):
-    """MSST's `bs_conformer`: BSRoformer's options, with the depths named `time_conformer_depth`,
-    `freq_conformer_depth`, `linear_conformer_depth`, plus the conformer's `ff_mult`, `conv_expansion_factor` and
-    `conv_kernel_size`."""
-
-    def __init__(self, dim: int, *, time_conformer_depth: int = 2, freq_conformer_depth: int = 2,
-                 linear_conformer_depth: int = 0, ff_mult: int = 4, conv_expansion_factor: int = 2,
-                 conv_kernel_size: int = 31, **options):
-        self._set_conformer_options(options, ff_mult, conv_expansion_factor, conv_kernel_size)
-        super().__init__(dim, time_transformer_depth=time_conformer_depth, freq_transformer_depth=freq_conformer_depth,
-                         linear_transformer_depth=linear_conformer_depth, **options)
+    """MSST's `bs_conformer`: BSRoformer's options, changed as `_Conformer` says."""
 
 
 class MelBandConformer(_Conformer, MelBandRoformer):
@@ -142,12 +139,8 @@ class MelBandConformer(_Conformer, MelBandRoformer):
     EXTRA_MASK_LAYERS = 0
     TRANSFORMER_NORMS = False  # the linear transformers too end without an RMSNorm
 
-    def __init__(self, dim: int, *, time_conformer_depth: int = 2, freq_conformer_depth: int = 2,
-                 linear_conformer_depth: int = 0, ff_mult: int = 4, conv_expansion_factor: int = 2,
-                 conv_kernel_size: int = 31, **options):
-        self._set_conformer_options(options, ff_mult, conv_expansion_factor, conv_kernel_size)
-        super().__init__(dim, time_transformer_depth=time_conformer_depth, freq_transformer_depth=freq_conformer_depth,
-                         linear_transformer_depth=linear_conformer_depth, **options)
+    def __init__(self, dim: int, **options):
+        super().__init__(dim, **options)
         # compat: MSST's Mel conformer loss hops max(multi_stft_hop_size, w // 4) at window size w
         loss = self.multi_resolution_loss
         self.multi_resolution_loss = MultiResolutionSTFTLoss(

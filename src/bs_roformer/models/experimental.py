@@ -118,7 +118,15 @@ def _check_experimental_options(options: dict, linear_transformer_depth: int, nu
 
 class _Experimental:
     """What both experimental classes change in the shared Roformer: their transformers, and the residual streams
-    expanded before the stack and summed after it."""
+    expanded before the stack and summed after it. Options: the model's own, without `zero_dc` (never zeroed here)
+    and `use_pope`, plus `use_value_residual_learning` and `num_residual_streams` (1: no hyper-connections)."""
+
+    def __init__(self, dim: int, *, use_value_residual_learning: bool = False, num_residual_streams: int = 1,
+                 linear_transformer_depth: int = 0, **options):
+        _check_experimental_options(options, linear_transformer_depth, num_residual_streams)
+        self.use_value_residual_learning = use_value_residual_learning
+        self.num_residual_streams = num_residual_streams
+        super().__init__(dim, zero_dc=False, **options)
 
     def _axis_transformer(self, block, depth, positions, common, add_value_residual):
         # MSST: blocks after the first mix values with the first block's, when use_value_residual_learning
@@ -137,24 +145,8 @@ class _Experimental:
 
 
 class BSRoformerExperimental(_Experimental, BSRoformer):
-    """MSST's `bs_roformer_experimental`: BSRoformer's options without `zero_dc` (never zeroed here) and `use_pope`,
-    plus `use_value_residual_learning` and `num_residual_streams` (1: no hyper-connections)."""
-
-    def __init__(self, dim: int, *, use_value_residual_learning: bool = False, num_residual_streams: int = 1,
-                 linear_transformer_depth: int = 0, **options):
-        _check_experimental_options(options, linear_transformer_depth, num_residual_streams)
-        self.use_value_residual_learning = use_value_residual_learning
-        self.num_residual_streams = num_residual_streams
-        super().__init__(dim, zero_dc=False, **options)
+    """MSST's `bs_roformer_experimental`: BSRoformer's options, changed as `_Experimental` says."""
 
 
 class MelBandRoformerExperimental(_Experimental, MelBandRoformer):
-    """MSST's `mel_band_roformer_experimental`: MelBandRoformer's options without `zero_dc` and `use_pope`, plus
-    `use_value_residual_learning` and `num_residual_streams`."""
-
-    def __init__(self, dim: int, *, use_value_residual_learning: bool = False, num_residual_streams: int = 1,
-                 linear_transformer_depth: int = 0, **options):
-        _check_experimental_options(options, linear_transformer_depth, num_residual_streams)
-        self.use_value_residual_learning = use_value_residual_learning
-        self.num_residual_streams = num_residual_streams
-        super().__init__(dim, zero_dc=False, **options)
+    """MSST's `mel_band_roformer_experimental`: MelBandRoformer's options, changed as `_Experimental` says."""
