@@ -105,6 +105,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--precisions", default="fp32,bf16", help="ours in fp32, bf16 or both (bf16 is emulated, and "
+                        "slow, on CPUs without AVX512-BF16 or AMX)")
     parser.add_argument("--measure-memory", action="store_true", help="internal: one memory measurement")
     args = parser.parse_args()
     if args.measure_memory:
@@ -126,7 +128,7 @@ def main():
             "reference (MSST loop, classic model), fp32": lambda: reference_file(reference, song, folder / "ref"),
         }
         separators = {precision: Separator(model, CONFIG, device="cpu", precision=precision)
-                      for precision in ("fp32", "bf16")}
+                      for precision in args.precisions.split(",")}
         for precision, separator in separators.items():
             runs[f"ours, {precision}"] = (lambda s: lambda: s.separate_file(song, folder / "ours", overwrite=True,
                                                                             progress=False))(separator)
@@ -136,7 +138,7 @@ def main():
         for _ in range(args.repeats):
             for name, run in runs.items():
                 times[name].append(timed(run))
-        separators["fp32"].separate_file(song, folder / "check", progress=False)
+        Separator(model, CONFIG, device="cpu", precision="fp32").separate_file(song, folder / "check", progress=False)
         ours, _ = soundfile.read(str(folder / "check" / "model" / "song" / "vocals.wav"))
         theirs, _ = soundfile.read(str(folder / "ref" / "vocals.wav"))
         difference = np.abs(ours - theirs).max()

@@ -75,10 +75,12 @@ def model_type_of(config: dict, state: dict | None = None, override: str | None 
         model_type = _model_type_from_keys(config["model"])
     if model_type is None:
         if state is None:
-            raise ValueError(f"cannot tell the model type: set training.model_type (one of {sorted(MODEL_CLASSES)})")
+            raise ValueError("cannot tell the model type: set training.model_type (one of "
+                             f"{', '.join(sorted(MODEL_CLASSES))}), or pass --model-type")
         model_type = infer_config(state)["model_type"]
     if model_type not in MODEL_CLASSES:
-        raise ValueError(f"model type {model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}")
+        raise ValueError(f"model type {model_type!r} is not supported; use one of "
+                         f"{', '.join(sorted(MODEL_CLASSES))}")
     return model_type
 
 
