@@ -304,3 +304,14 @@ def test_evaluate_and_train_take_a_model_name(user_registry, tmp_path, monkeypat
     assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "test"), "--out",
                  str(tmp_path / "run"), "--init", "tiny-bs-test", "-q"]) == 0
     assert given["init_checkpoint"] == fetch("tiny-bs-test")[1]
+
+
+def test_export_takes_a_model_name(user_registry, tmp_path, capsys):
+    """`bs-roformer export -n ID` fetches the model and records its id and digest in the file."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    assert main(["export", "-n", "tiny-bs-test", "-o", str(tmp_path / "tiny.onnx"), "-q"]) == 0
+    metadata = {item.key: item.value for item in onnx.load(str(tmp_path / "tiny.onnx")).metadata_props}
+    config, checkpoint = fetch("tiny-bs-test", progress=False)
+    assert metadata["source_model"] == "tiny-bs-test"
+    assert metadata["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
