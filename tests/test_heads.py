@@ -7,22 +7,15 @@ import pytest
 import torch
 
 from bs_roformer import BSRoformer
-from conftest import with_deterministic_weights
+from conftest import assert_close, with_deterministic_weights
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 CASES = sorted(path.stem for path in REFERENCE.glob("splifft_*.pt"))
-RTOL = 1e-5
 
 
 def load_case(name):
     case = torch.load(REFERENCE / f"{name}.pt", weights_only=True)
     return case, with_deterministic_weights(BSRoformer(**case["kwargs"], zero_dc=False))
-
-
-def assert_close(ours, reference, what, rtol=RTOL):
-    error = (ours - reference).abs().max().item()
-    scale = reference.abs().max().item()
-    assert error <= rtol * scale, f"{what}: max error {error:.3g} > {rtol} x {scale:.3g}"
 
 
 def test_cases_present():

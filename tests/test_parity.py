@@ -11,13 +11,12 @@ import torch
 from bs_roformer import BSRoformer, MelBandRoformer
 from bs_roformer.config import MODEL_CLASSES
 from bs_roformer.mel import mel_band_membership
-from conftest import with_deterministic_weights
+from conftest import assert_close, with_deterministic_weights
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 # splifft_*.pt are the mask heads' fixtures (tests/test_heads.py)
 CASES = sorted(path.stem for path in REFERENCE.glob("*.pt")
                if path.stem != "mel_bands" and not path.stem.startswith("splifft_"))
-RTOL = 1e-5
 
 
 def load_case(name):
@@ -35,12 +34,6 @@ def load_case(name):
 def as_our_layout(reference_output: torch.Tensor, num_stems: int) -> torch.Tensor:
     """MSST's BSRoformer keeps a stem axis of size 1; ours (and the classic package) drop it."""
     return reference_output.squeeze(1) if num_stems == 1 and reference_output.ndim == 4 else reference_output
-
-
-def assert_close(ours, reference, what):
-    error = (ours - reference).abs().max().item()
-    scale = reference.abs().max().item()
-    assert error <= RTOL * scale, f"{what}: max error {error:.3g} > {RTOL} x {scale:.3g}"
 
 
 def test_cases_present():
