@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .audio import DEFAULT_TEMPLATE, OUTPUT_FORMATS, TEMPLATE_FIELDS, AudioError
+from .train_settings import LOSSES, Training
 
 # glibc hands large freed blocks back to the OS at once, so every chunk's big temporaries page-fault in again; these
 # settings keep the memory instead (docs/performance.md has the measurements). Benchmarks import them from here.
@@ -245,8 +246,9 @@ def train_command(args) -> int:
 
     config = load_config(args.config)
     config["training"] = dict(config.get("training") or {})
-    for key in ("dataset_type", "metric_for_scheduler"):
-        if getattr(args, key) is not None:  # MSST passes these on the command line
+    msst_flags = ("dataset_type", "metric_for_scheduler", "use_standard_loss", "loss", *(f"{n}_coef" for n in LOSSES))
+    for key in msst_flags:
+        if getattr(args, key, None) not in (None, False):  # MSST passes these on the command line
             config["training"][key] = getattr(args, key)
     init = args.init
     if init and not Path(init).exists():  # not a file: a published model's id
@@ -499,6 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "4 aligned, 6 aligned with mixture.wav, 7 class-balanced")
     train.add_argument("--metric-for-scheduler", choices=("sdr", "si_sdr", "l1_freq", "bleedless", "fullness"),
                        help="validation metric for best.ckpt and ReduceLROnPlateau (default sdr)")
+    train.add_argument("--use-standard-loss", action="store_true",
+                       help="train on --loss instead of the model's own loss (MSST's --use_standard_loss)")
+    train.add_argument("--loss", nargs="+", metavar="LOSS",
+                       help="MSST's loss terms, summed with their --<loss>-coef (default masked_loss, which reads "
+                       "training.q and coarse_loss_clip): masked_loss, mse_loss, l1_loss, multistft_loss (needs the "
+                       "losses extra), spec_masked_loss, spec_rmse_loss")
+    for name in LOSSES:
+        default = Training.__dataclass_fields__[f"{name}_coef"].default
+        train.add_argument(f"--{name.replace('_', '-')}-coef", type=float, dest=f"{name}_coef", metavar="W",
+                           default=argparse.SUPPRESS, help=f"the weight of {name}, MSST's --{name}_coef "
+                           f"(default: {default})")
     train.add_argument("--init-tolerant", action="store_true",
                        help="with --init: crop or zero-pad tensors of another shape (MSST's warm start), reported")
     train.add_argument("--freeze", nargs="+", metavar="PREFIX", help="do not train parameters with these name prefixes")

@@ -9,7 +9,8 @@ the mean over stems of `metric_for_scheduler` picks `best.ckpt` and drives Reduc
 `reduce_factor`; stepped once per epoch, as MSST). Other schedulers: `linear_scheduler` (MSST: `num_warmup_steps`
 then linear decay over num_epochs x num_steps) and `cosine` (ours: `warmup_steps` then cosine decay to zero at the
 last optimizer step). Optimizers: adam, adamw, radam, rmsprop, sgd (torch) and prodigy (the `prodigyopt` package),
-with extra arguments from the top-level `optimizer:` section.
+with extra arguments from the top-level `optimizer:` section. The loss is the model's own, or with
+`use_standard_loss` MSST's `loss` terms (`losses.py`).
 
 Many GPUs or nodes: `torchrun --nproc_per_node K -m bs_roformer train ...` (PyTorch DDP: NCCL on GPUs, gloo on the
 CPU). Each process reads its own `batch_size` items per batch; rank 0 logs, validates and writes checkpoints.
@@ -333,6 +334,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     if training.scheduler == "ReduceLROnPlateau" and valid_dir is None and main_process:
         report("ReduceLROnPlateau steps on the validation metric: without --valid the learning rate stays constant")
 
+    standard_loss = build_standard_loss(settings, config) if training.use_standard_loss else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(settings, trainable, device)
     scheduler = build_scheduler(settings, optimizer)
@@ -403,12 +405,12 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
             total_loss = 0.0
             for micro in range(micro_batches):
                 mixture, stems, active = (tensor.to(device) for tensor in next(loader))
-                target = stems[:, targets] if len(targets) > 1 else stems[:, targets[0]]
                 last_micro = micro == micro_batches - 1  # DDP averages gradients over ranks only then
                 with (nullcontext() if world == 1 or last_micro else network.no_sync()):
                     with autocast(device, precision):
                         # compat: divided by gradient_accumulation_steps even in a shorter last step (MSST)
-                        loss = model_loss(network, mixture, target, active, targets) / accumulation
+                        loss = batch_loss(network, mixture, stems[:, targets], active, targets,
+                                          standard_loss) / accumulation
                     scaler.scale(loss).backward()
                 total_loss += loss.item()
             scaler.unscale_(optimizer)
@@ -461,10 +463,29 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     return record
 
 
-def model_loss(network, mixture, target, active, targets):
-    """The model's own loss; with some stems inactive in the whole batch (dataset type 7), only the active heads
-    run and learn (MSST's `active_stem_ids`, here the stems active in any item of the batch)."""
-    if len(targets) == 1 or bool(active.all()):
+def build_standard_loss(settings: Settings, config: dict):
+    """MSST's `--loss` terms with their coefficients (`use_standard_loss`)."""
+    from .losses import StandardLoss, spectrogram_settings
+
+    training = settings.training
+    return StandardLoss({name: getattr(training, f"{name}_coef") for name in training.loss}, q=training.q,
+                        coarse=training.coarse_loss_clip, stft=spectrogram_settings(config.get("model") or {}),
+                        multistft=settings.loss_multistft)
+
+
+def batch_loss(network, mixture, target, active, targets, standard_loss=None):
+    """The loss of one batch; `target` is (batch, len(targets), channels, samples).
+
+    Without `standard_loss`, the model's own loss; with some stems inactive in the whole batch (dataset type 7),
+    only the active heads run and learn (MSST's `active_stem_ids`, here the stems active in any item of the batch).
+    With it, the full output against every target stem (compat: MSST passes no `active_stem_ids` then)."""
+    if standard_loss is not None:
+        estimate = network(mixture)
+        estimate = estimate.reshape(target.shape[:-1] + estimate.shape[-1:])  # a single stem's output has no stem axis
+        return standard_loss(estimate, target[..., : estimate.shape[-1]])
+    if len(targets) == 1:
+        return network(mixture, target=target[:, 0])
+    if bool(active.all()):
         return network(mixture, target=target)
     stem_ids = [i for i, target_index in enumerate(targets) if bool(active[:, target_index].any())]
     return network(mixture, target=target, active_stem_ids=stem_ids)

@@ -2,11 +2,13 @@
 
 `read_settings(config)` turns a config dict into `Settings` (`.training`, `.augmentations`, `.lora`, `.optimizer`,
 plus the `audio:` values training reads). Every key MSST reads has a field here or is listed in `UNSUPPORTED` (an
-error that says so) or in `NO_EFFECT` (accepted: MSST ignores it too for Roformers). Any other key warns, naming it.
+error that says so) or in `NO_EFFECT` (accepted, doing nothing here, as in MSST). Any other key warns, naming it.
 
 Meanings follow MSST: an epoch is `num_steps` batches (so `num_steps / gradient_accumulation_steps` optimizer
 steps), the run is `num_epochs` epochs, validation runs at the end of each epoch, and the default scheduler is
-ReduceLROnPlateau (mode max) on `metric_for_scheduler`, stepped once per epoch.
+ReduceLROnPlateau (mode max) on `metric_for_scheduler`, stepped once per epoch. A Roformer trains on its own loss;
+`use_standard_loss` (MSST's `--use_standard_loss`) replaces it with the `loss` terms of `losses.py`, weighted by
+their `<loss>_coef`, which read `q` and `coarse_loss_clip`.
 
 Configs written for this project before it followed MSST have no `num_epochs` and meant by `num_steps` the whole run:
 such a config is read as one epoch of `num_steps` batches with the old defaults (AdamW, warm-up + cosine, no AMP),
@@ -23,6 +25,12 @@ OPTIMIZERS = ("adam", "adamw", "radam", "rmsprop", "sgd", "prodigy")
 SCHEDULERS = ("ReduceLROnPlateau", "linear_scheduler", "cosine")
 METRICS = ("sdr", "si_sdr", "l1_freq", "bleedless", "fullness")
 DATASET_TYPES = (1, 2, 3, 4, 6, 7)
+# MSST's `--loss` terms (losses.py), each weighted by `training.<loss>_coef`
+LOSSES = ("masked_loss", "mse_loss", "l1_loss", "multistft_loss", "spec_masked_loss", "spec_rmse_loss")
+# MSST's other terms come from packages that need torchaudio, which this project keeps out
+LOSSES_NEEDING_TORCHAUDIO = {"log_wmse_loss": "torch-log-wmse", "l1_snr_loss": "torch-l1-snr",
+                             "l1_snr_db_loss": "torch-l1-snr", "stft_l1_snr_db_loss": "torch-l1-snr",
+                             "multi_l1_snr_db_loss": "torch-l1-snr"}
 
 # keys MSST reads that we understand but do not implement: a config that sets them trains differently here
 UNSUPPORTED = {
@@ -30,10 +38,10 @@ UNSUPPORTED = {
     "precompute_chunks": "precomputed loud chunks are not implemented (chunks are drawn at random)",
     "k_sdr": "the k_sdr metric is not implemented",
 }
-# keys MSST reads but that do nothing for a Roformer (its own loss replaces masked_loss), or that only feed MSST's
-# bookkeeping; and the legacy augmentation keys MSST itself ignores
+# keys MSST reads that do nothing here: log_wmse_loss's filter switch (that loss is refused, see losses.py), MSST's
+# bookkeeping, and the legacy augmentation keys MSST itself ignores
 NO_EFFECT = {
-    "q", "coarse_loss_clip", "bypass_filter", "read_metadata_procs", "augmentation", "augmentation_type",
+    "bypass_filter", "read_metadata_procs", "augmentation", "augmentation_type",
     "use_mp3_compress", "augmentation_mix", "augmentation_loudness", "augmentation_loudness_type",
     "augmentation_loudness_min", "augmentation_loudness_max", "num_precompute_chunks", "precompute_batch_for_chunks",
 }
@@ -81,6 +89,8 @@ class Training:
     ema_momentum: float = 0.0  # 0 = no EMA
     optimizer: str = "adam"
     other_fix: bool = False  # validation compares `other` with mixture - vocals
+    q: float = 0.95  # masked_loss, spec_masked_loss: errors at or above this quantile are masked out
+    coarse_loss_clip: bool = True  # masked_loss, spec_masked_loss: average the errors before masking
     use_amp: bool = True
     scheduler: str = "ReduceLROnPlateau"
     num_warmup_steps: int = 0  # linear_scheduler
@@ -91,6 +101,14 @@ class Training:
     dataset_type: int = 1  # MSST: a command-line flag
     seed: int = 0  # MSST: a command-line flag
     num_workers: int = 0  # MSST: a command-line flag
+    use_standard_loss: bool = False  # MSST: a command-line flag; train on `loss` instead of the model's own loss
+    loss: list[str] = field(default_factory=lambda: ["masked_loss"])  # MSST: a command-line flag (`losses.py`)
+    masked_loss_coef: float = 1.0  # MSST: command-line flags, the weight of each `loss` term
+    mse_loss_coef: float = 1.0
+    l1_loss_coef: float = 1.0
+    multistft_loss_coef: float = 0.001
+    spec_masked_loss_coef: float = 1.0
+    spec_rmse_loss_coef: float = 1.0
     warmup_steps: int = 0  # ours: warm-up of the cosine scheduler, in optimizer steps
     validate_every: int = 0  # ours: also validate every this many optimizer steps (0: at each epoch's end only)
     checkpoint_every: int | None = None  # ours: optimizer steps between writes of last.ckpt (see `checkpoint_interval`)
@@ -159,6 +177,7 @@ class Settings:
     augmentations: Augmentations
     lora: Lora
     optimizer: dict  # extra keyword arguments for the optimizer (MSST's top-level `optimizer:` section)
+    loss_multistft: dict = field(default_factory=dict)  # auraloss's MultiResolutionSTFTLoss arguments (top level)
     chunk_size: int = 131584
     sample_rate: int = 44100
     min_mean_abs: float = 0.0
@@ -297,6 +316,35 @@ def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
     return augmentations
 
 
+def _check_losses(training: Training):
+    """MSST's `--loss` terms: known, installable, and not zero by construction."""
+    if not training.use_standard_loss:
+        if training.loss != ["masked_loss"]:
+            _warn(f"training.loss {training.loss} is not used: a Roformer trains on its own loss unless "
+                  "use_standard_loss is true (--use-standard-loss), as in MSST")
+        return
+    for name in training.loss:
+        if name in LOSSES_NEEDING_TORCHAUDIO:
+            raise ValueError(f"loss {name} is not supported here: MSST computes it with "
+                             f"{LOSSES_NEEDING_TORCHAUDIO[name]}, which needs torchaudio; use one of "
+                             f"{', '.join(LOSSES)}")
+        if name not in LOSSES:
+            raise ValueError(f"loss {name!r} is not one of MSST's losses; use one of {', '.join(LOSSES)}")
+    if not training.loss:
+        raise ValueError(f"training.loss is empty; name at least one of {', '.join(LOSSES)}")
+    if not 0 < training.q <= 1:
+        raise ValueError(f"training.q is {training.q}; it is a quantile, in (0, 1]")
+    if "masked_loss" in training.loss and training.coarse_loss_clip and training.batch_size == 1:
+        raise ValueError("masked_loss with coarse_loss_clip: true is 0 at batch_size 1 (its quantile is taken over "
+                         "the batch, so the one value per stem is masked out): raise training.batch_size, set "
+                         "coarse_loss_clip: false, or use another --loss")
+    if "multistft_loss" in training.loss:
+        try:
+            import auraloss  # noqa: F401
+        except ImportError:
+            raise ValueError("loss multistft_loss needs auraloss: pip install 'bs-roformer-fast[losses]'") from None
+
+
 def read_settings(config: dict) -> Settings:
     """The checked settings of a config (a dict as `config.load_config` returns); ValueError for a bad value."""
     training = dict(config.get("training") or {})
@@ -327,16 +375,23 @@ def read_settings(config: dict) -> Settings:
         if getattr(values, key) < 1:
             raise ValueError(f"training.{key} is {getattr(values, key)}; it must be at least 1")
 
+    _check_losses(values)
+
     audio = config.get("audio") or {}
     augmentation_section = _convert_old_augmentations(dict(config.get("augmentations") or {}))
     optimizer = config.get("optimizer") or {}
     if not isinstance(optimizer, dict):
         raise ValueError("optimizer: must be a section of keyword arguments for the optimizer")
+    multistft = config.get("loss_multistft") or {}
+    if not isinstance(multistft, dict):
+        raise ValueError("loss_multistft: must be a section of keyword arguments for auraloss's "
+                         "MultiResolutionSTFTLoss")
     return Settings(
         training=values,
         augmentations=_read_augmentations(augmentation_section, values.instruments),
         lora=_fill(Lora, "lora", dict(config.get("lora") or {})),
         optimizer=dict(optimizer),
+        loss_multistft=dict(multistft),
         chunk_size=_typed("audio", "chunk_size", audio.get("chunk_size", 131584), int),
         sample_rate=_typed("audio", "sample_rate", audio.get("sample_rate", 44100), int),
         min_mean_abs=_typed("audio", "min_mean_abs", audio.get("min_mean_abs", 0.0), float),
