@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .audio import DEFAULT_TEMPLATE, OUTPUT_FORMATS, TEMPLATE_FIELDS, AudioError
-from .train_settings import LOSSES, Training
+from .train_settings import LOSSES, METRICS, Training
 
 # glibc hands large freed blocks back to the OS at once, so every chunk's big temporaries page-fault in again; these
 # settings keep the memory instead (docs/performance.md has the measurements). Benchmarks import them from here.
@@ -246,7 +246,8 @@ def train_command(args) -> int:
 
     config = load_config(args.config)
     config["training"] = dict(config.get("training") or {})
-    msst_flags = ("dataset_type", "metric_for_scheduler", "use_standard_loss", "loss", *(f"{n}_coef" for n in LOSSES))
+    msst_flags = ("dataset_type", "metric_for_scheduler", "metrics", "seed", "num_workers", "use_standard_loss", "loss",
+                  *(f"{name}_coef" for name in LOSSES))
     for key in msst_flags:
         if getattr(args, key, None) not in (None, False):  # MSST passes these on the command line
             config["training"][key] = getattr(args, key)
@@ -499,8 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset-type", type=int, choices=(1, 2, 3, 4, 6, 7),
                        help="MSST's dataset types: 1 random remix (default), 2 a folder per stem, 3 CSV, "
                        "4 aligned, 6 aligned with mixture.wav, 7 class-balanced")
-    train.add_argument("--metric-for-scheduler", choices=("sdr", "si_sdr", "l1_freq", "bleedless", "fullness"),
+    train.add_argument("--metric-for-scheduler", choices=METRICS,
                        help="validation metric for best.ckpt and ReduceLROnPlateau (default sdr)")
+    train.add_argument("--metrics", nargs="+", choices=METRICS, help="validation metrics, logged per stem "
+                       "(default sdr; the scheduler's metric is always added)")
+    train.add_argument("--seed", type=int, help="random seed of the data, initialisation and dropout (default 0)")
+    train.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
     train.add_argument("--use-standard-loss", action="store_true",
                        help="train on --loss instead of the model's own loss (MSST's --use_standard_loss)")
     train.add_argument("--loss", nargs="+", metavar="LOSS",
