@@ -43,6 +43,34 @@ def test_lora_training_changes_only_adapters_saved_in_loralib_layout(tmp_path):
     assert all(torch.allclose(merged[key], plain[key], atol=1e-6) for key in plain)
 
 
+def test_lora_training_starts_from_an_adapter_file(tmp_path):
+    write_dataset(tmp_path / "train", tracks=2, seconds=1.0, seed=1)
+    torch.manual_seed(0)
+    base = build_model(CONFIG, "bs_roformer")
+    torch.save({"state_dict": base.state_dict()}, tmp_path / "base.ckpt")
+    adapted = add_lora(build_model(CONFIG, "bs_roformer"), Lora(r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.normal_(0, 0.05)
+    adapter = adapter_state(adapted.state_dict())
+    torch.save(adapter, tmp_path / "adapter.pt")
+    lines = []
+    config = dict(CONFIG, training=dict(CONFIG["training"], lr=0.0))  # lr 0: the run ends where it starts
+    train(config, tmp_path / "train", tmp_path / "run", init_checkpoint=tmp_path / "base.ckpt", lora=True,
+          lora_checkpoint=tmp_path / "adapter.pt", progress=False, report=lines.append)
+    assert f"--lora-checkpoint: {len(adapter)} adapter tensors loaded" in lines
+    saved = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[key], adapter[key]) for key in adapter)
+
+    with pytest.raises(ValueError, match=r"lora_A \(4, \d+\): the model's is \(2, \d+\) \(is lora.r the one"):
+        train(dict(config, lora={"r": 2, "lora_alpha": 4}), tmp_path / "train", tmp_path / "run2", lora=True,
+              lora_checkpoint=tmp_path / "adapter.pt", progress=False, report=lines.append)
+    with pytest.raises(ValueError, match="add --lora"):
+        train(config, tmp_path / "train", tmp_path / "run3", lora_checkpoint=tmp_path / "adapter.pt",
+              progress=False, report=lines.append)
+
+
 def test_merged_and_unmerged_adapters_give_the_same_output():
     torch.manual_seed(0)
     model = build_model(CONFIG, "bs_roformer").eval()

@@ -260,7 +260,8 @@ def train_command(args) -> int:
     try:
         record = train(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
                        valid_dir=args.valid, init_checkpoint=init, init_tolerant=args.init_tolerant,
-                       freeze_prefixes=args.freeze, lora=args.lora, model_type=args.model_type,
+                       freeze_prefixes=args.freeze, lora=args.lora, lora_checkpoint=args.lora_checkpoint,
+                       model_type=args.model_type,
                        device=resolve_device(args.device), precision=args.precision, progress=not args.quiet,
                        report=lambda line: print(line, file=sys.stderr) if main_process else None)
     except RunFinished as finished:
@@ -523,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lora", action="store_true",
                        help="train only LoRA adapters on the Linear layers (the config's lora: r, lora_alpha, "
                        "lora_dropout); checkpoints' state_dict holds the adapters")
+    train.add_argument("--lora-checkpoint", metavar="ADAPTER", help="with --lora: start the adapters from this "
+                       "loralib-format file (MSST's --lora_checkpoint_loralib), on the --init weights")
     train.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16. auto follows training.use_amp: "
                        "bf16 where the hardware has it, fp16 on GPUs without bf16, fp32 on a CPU without native bf16 "

@@ -53,6 +53,25 @@ def add_lora(model: nn.Module, settings: Lora) -> nn.Module:
     return model
 
 
+def load_adapter(model: nn.Module, adapter: dict[str, torch.Tensor]) -> int:
+    """Copy a loralib-format adapter into `model`'s adapters (after `add_lora`, as MSST's `--lora_checkpoint_loralib`
+    does); returns how many tensors. A tensor with no adapter of its name and shape in the model is a ValueError."""
+    own = dict(model.named_parameters())
+    adapter = {key.removeprefix("module."): value for key, value in adapter.items()}
+    if not adapter:
+        raise ValueError("the adapter file holds no lora_A/lora_B tensors")
+    with torch.no_grad():
+        for key, value in adapter.items():
+            module, _, part = key.rpartition(".")
+            target = own.get(module + PARAMETRIZED + "0." + part) if part in ("lora_A", "lora_B") else None
+            if target is None or target.shape != value.shape:
+                found = "no such adapter in the model" if target is None else f"the model's is {tuple(target.shape)}"
+                raise ValueError(f"adapter tensor {key} {tuple(value.shape)}: {found} (is lora.r the one it was "
+                                 "trained with?)")
+            target.copy_(value)
+    return len(adapter)
+
+
 def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapters of an adapted model's state_dict, under loralib's names (`<module>.lora_A`, `.lora_B`)."""
     return {key.replace(PARAMETRIZED + "0.", "."): value for key, value in state.items()

@@ -282,7 +282,8 @@ def freeze(model, prefixes: list[str]) -> int:
 
 def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           valid_dir: str | Path | None = None, init_checkpoint: str | Path | None = None, init_tolerant=False,
-          freeze_prefixes: list[str] | None = None, lora: bool = False, model_type: str | None = None,
+          freeze_prefixes: list[str] | None = None, lora: bool = False, lora_checkpoint: str | Path | None = None,
+          model_type: str | None = None,
           device="cpu", precision: str = "auto", stop_after: int | None = None, progress: bool = True,
           report=print) -> dict:
     """Train the model a config describes on the data under `data_dir`; returns the final log record (with
@@ -304,10 +305,14 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     if init_checkpoint:  # fine-tuning a published model
         for line in warm_start(model, load_state_dict(init_checkpoint), config, model_type, init_tolerant):
             report(f"--init: {line}")
+    if lora_checkpoint and not lora:
+        raise ValueError("--lora-checkpoint starts LoRA training from an adapter: add --lora")
     if lora:
-        from .lora import add_lora
+        from .lora import add_lora, load_adapter
 
         add_lora(model, settings.lora)
+        if lora_checkpoint:
+            report(f"--lora-checkpoint: {load_adapter(model, load_state_dict(lora_checkpoint))} adapter tensors loaded")
     if freeze_prefixes:
         report(f"--freeze: {freeze(model, freeze_prefixes)} parameter tensors frozen")
     # validation runs on a second, never compiled model that receives the weights to validate; built here, before
