@@ -1,6 +1,11 @@
 """Training chunks in MSST's dataset types: shapes, remixing, alignment, real mixtures, class balance, silence
 rejection, MSST's augmentations, reproducibility, and reports of what was skipped."""
 
+import random
+import sys
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
@@ -10,6 +15,7 @@ from bs_roformer.data.musdb import StemChunks
 from bs_roformer.train_settings import Augmentations, StemAugmentations
 from bs_roformer.data.synth import write_dataset
 
+FIXTURES = Path(__file__).parent / "fixtures"
 STEMS = ["vocals", "drums", "bass", "other"]
 SOME = Augmentations(enable=True, loudness=True, loudness_min=0.7, loudness_max=1.4,
                      stems={"all": StemAugmentations(channel_shuffle=0.5, random_polarity=0.5)})
@@ -197,3 +203,145 @@ def test_pedalboard_effects_as_msst_spells_them(synth_root):
     broken = dict(section, all={"pedalboard_reverb": 0.5, "pedalboard_reverb_room_size_min": 0.1})
     with pytest.raises(ValueError, match="pedalboard_reverb needs pedalboard_reverb_room_size_max"):
         read_settings(dict(config, augmentations=broken))
+
+
+# MSST's audiomentations transforms, each with the keys MSST reads for it, set to change any chunk clearly
+AUDIOMENTATIONS_ON = {
+    "pitch_shift": {"pitch_shift_min_semitones": 3, "pitch_shift_max_semitones": 4},
+    "seven_band_parametric_eq": {"seven_band_parametric_eq_min_gain_db": 6, "seven_band_parametric_eq_max_gain_db": 9},
+    "tanh_distortion": {"tanh_distortion_min": 0.5, "tanh_distortion_max": 0.7},
+    "mp3_compression": {"mp3_compression_min_bitrate": 32, "mp3_compression_max_bitrate": 64,
+                        "mp3_compression_backend": "lameenc"},
+    "gaussian_noise": {"gaussian_noise_min_amplitude": 0.01, "gaussian_noise_max_amplitude": 0.015},
+    "time_stretch": {"time_stretch_min_rate": 0.8, "time_stretch_max_rate": 0.9},
+}
+# all six switched on, p=1
+ALL_SIX = {key: value for effect, keys in AUDIOMENTATIONS_ON.items() for key, value in {effect: 1.0, **keys}.items()}
+MIXTURE_MP3 = {"mp3_compression_on_mixture": 1.0, "mp3_compression_on_mixture_bitrate_min": 32,
+               "mp3_compression_on_mixture_bitrate_max": 64, "mp3_compression_on_mixture_backend": "lameenc"}
+
+
+def augmentations_of(section: dict) -> Augmentations:
+    from bs_roformer.train_settings import read_settings
+
+    config = {"training": {"num_epochs": 1, "instruments": ["vocals", "bass"]},
+              "augmentations": {"enable": True, **section}}
+    return read_settings(config).augmentations
+
+
+def vocals_and_bass(root, augmentations=None, dataset_type=4) -> StemChunks:
+    """Aligned 1 s chunks: the same index reads the same place with or without augmentations."""
+    return StemChunks(root, ["vocals", "bass"], chunk_samples=44100, dataset_type=dataset_type,
+                      augmentations=augmentations)
+
+
+@pytest.mark.parametrize("effect", list(AUDIOMENTATIONS_ON))
+def test_audiomentations_transforms_change_their_stem_only(synth_root, effect):
+    pytest.importorskip("audiomentations")
+    plain = vocals_and_bass(synth_root)[0][1]
+    on = vocals_and_bass(synth_root, augmentations_of({"vocals": {effect: 1.0, **AUDIOMENTATIONS_ON[effect]}}))[0][1]
+    assert on.shape == plain.shape and on.dtype == torch.float32 and torch.isfinite(on).all()
+    assert not torch.allclose(on[0], plain[0], atol=1e-3)
+    assert torch.equal(on[1], plain[1])  # bass has no section and no `all`
+    off = vocals_and_bass(synth_root, augmentations_of({"vocals": {effect: 0, **AUDIOMENTATIONS_ON[effect]}}))[0][1]
+    assert torch.equal(off, plain)
+
+
+def test_audiomentations_items_are_reproducible_and_leave_global_random_state_alone(synth_root):
+    pytest.importorskip("audiomentations")
+    data = vocals_and_bass(synth_root, augmentations_of({"all": ALL_SIX, **MIXTURE_MP3}))
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    first = data[1]
+    assert random.getstate() == python_state
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
+    random.seed(5)
+    np.random.seed(5)  # another global state (another worker, a later step): the same item
+    again = data[1]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(data[2][1], first[1])
+
+
+def test_audiomentations_run_in_msst_order_after_polarity_before_pedalboard(synth_root, monkeypatch):
+    pytest.importorskip("audiomentations")
+    pytest.importorskip("pedalboard")
+    from bs_roformer.train_settings import AUDIOMENTATIONS_EFFECTS
+
+    section = dict(ALL_SIX, random_polarity=1.0, pedalboard_distortion=1.0, pedalboard_distortion_drive_db_min=20,
+                   pedalboard_distortion_drive_db_max=25)
+    data = vocals_and_bass(synth_root, augmentations_of({"vocals": section}))
+    calls = []
+
+    def recorder(name):
+        def record(samples, sample_rate):
+            calls.append((name, samples.copy()))
+            return samples
+        return record
+
+    data.transforms["vocals"] = {effect: (chance, recorder(effect))
+                                 for effect, (chance, _) in data.transforms["vocals"].items()}
+    monkeypatch.setattr(data, "_pedalboard", lambda effect, arguments, audio: calls.append((effect, audio)) or audio)
+    data[0]
+    assert [name for name, _ in calls] == [*AUDIOMENTATIONS_EFFECTS, "pedalboard_distortion"]  # MSST's order
+    assert np.array_equal(calls[0][1], -vocals_and_bass(synth_root)[0][1][0].numpy())  # after random_polarity
+
+
+def test_mp3_compression_on_mixture_changes_the_mixture_not_the_stems(synth_root):
+    pytest.importorskip("audiomentations")
+    for dataset_type in (4, 6):  # the sum of the stems, then the track's own mixture
+        plain = vocals_and_bass(synth_root, dataset_type=dataset_type)[0]
+        mixture, stems, _ = vocals_and_bass(synth_root, augmentations_of(MIXTURE_MP3), dataset_type)[0]
+        assert torch.equal(stems, plain[1])
+        assert mixture.shape == plain[0].shape and mixture.dtype == torch.float32
+        assert not torch.allclose(mixture, plain[0], atol=1e-3)
+
+
+def test_audiomentations_settings_name_what_is_wrong(monkeypatch):
+    pytest.importorskip("audiomentations")
+    pitch = {"pitch_shift": 0.5, "pitch_shift_min_semitones": -2}
+    with pytest.raises(ValueError, match="augmentations.vocals.pitch_shift needs pitch_shift_max_semitones"):
+        augmentations_of({"vocals": pitch})
+    with pytest.raises(ValueError, match="augmentations.all.pitch_shift_max_semitones is 'high'; expected float"):
+        augmentations_of({"all": {**pitch, "pitch_shift_max_semitones": "high"}})
+    with pytest.raises(ValueError, match="augmentations.mp3_compression_on_mixture needs "
+                                         "mp3_compression_on_mixture_backend"):
+        augmentations_of({key: value for key, value in MIXTURE_MP3.items() if not key.endswith("backend")})
+    mp3 = {"mp3_compression": 1.0, **AUDIOMENTATIONS_ON["mp3_compression"]}
+    with pytest.raises(ValueError, match=r"augmentations.bass.mp3_compression_backend is 'ffmpeg'; audiomentations' "
+                                         r"MP3 backends are \['fast-mp3-augment', 'lameenc', 'pydub'\]"):
+        augmentations_of({"bass": {**mp3, "mp3_compression_backend": "ffmpeg"}})
+    with pytest.raises(ValueError, match="mp3_compression_backend is 3; expected str"):
+        augmentations_of({"bass": {**mp3, "mp3_compression_backend": 3}})
+    monkeypatch.setitem(sys.modules, "pydub", None)  # an import of it fails
+    with pytest.raises(ValueError, match="mp3_compression_backend is 'pydub', which needs the pydub module: "
+                                         "pip install pydub"):
+        augmentations_of({"bass": {**mp3, "mp3_compression_backend": "pydub"}})
+    monkeypatch.setitem(sys.modules, "audiomentations", None)
+    with pytest.raises(ValueError, match=r"augmentations.vocals: \['pitch_shift'\] need audiomentations: "
+                                         r"pip install 'bs-roformer-fast\[augment\]'"):
+        augmentations_of({"vocals": {**pitch, "pitch_shift_max_semitones": 2}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # switched off, their parameters are accepted silently, without the package
+        assert augmentations_of({"vocals": {**pitch, "pitch_shift": 0}, **MIXTURE_MP3,
+                                 "mp3_compression_on_mixture": 0}).for_stem("vocals").audiomentations == {}
+
+
+def test_msst_config_with_every_audiomentations_key_reads_items(synth_root):
+    pytest.importorskip("audiomentations")
+    pytest.importorskip("pedalboard")
+    from bs_roformer.config import load_config
+    from bs_roformer.train_settings import read_settings
+
+    config = load_config(FIXTURES / "msst_configs" / "config_musdb18_mel_band_roformer_sage.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every augmentation key is understood
+        augmentations = read_settings(config).augmentations
+    assert list(augmentations.for_stem("other").audiomentations) == ["pitch_shift", "mp3_compression",
+                                                                     "gaussian_noise", "time_stretch"]
+    assert augmentations.for_stem("bass").audiomentations["tanh_distortion"] == (0.2, {"min_distortion": 0.1,
+                                                                                       "max_distortion": 0.5})
+    assert augmentations.mixture["mp3_compression_on_mixture"][0] == 0.01
+    data = StemChunks(synth_root, config["training"]["instruments"], chunk_samples=44100, items_per_epoch=3,
+                      augmentations=augmentations)
+    for index in range(len(data)):
+        mixture, stems, _ = data[index]
+        assert mixture.shape == (2, 44100) and stems.shape == (4, 2, 44100) and torch.isfinite(stems).all()

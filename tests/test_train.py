@@ -238,8 +238,8 @@ def test_keys_unknown_warn_unsupported_stop_and_old_configs_convert():
         read_settings(with_training(normalize=True))
     with pytest.raises(ValueError, match=r"training.lr is 'fast'; expected float"):
         read_settings(with_training(lr="fast"))
-    with pytest.raises(ValueError, match="augmentations.vocals.pitch_shift is not supported"):
-        read_settings(dict(CONFIG, augmentations={"enable": True, "vocals": {"pitch_shift": 0.1}}))
+    with pytest.raises(ValueError, match="augmentations.chunk_size_augm is not supported"):
+        read_settings(dict(CONFIG, augmentations={"enable": True, "chunk_size_augm": True}))
     off = {"enable": True, "all": {"pitch_shift": 0, "pitch_shift_min_semitones": -3, "random_inverse": 0.1}}
     assert read_settings(dict(CONFIG, augmentations=off)).augmentations.for_stem("bass").random_inverse == 0.1
     with pytest.warns(UserWarning, match="augmentations.reverb_amount is not a key"):

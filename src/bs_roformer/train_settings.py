@@ -14,9 +14,16 @@ Configs written for this project before it followed MSST have no `num_epochs` an
 such a config is read as one epoch of `num_steps` batches with the old defaults (AdamW, warm-up + cosine, no AMP),
 with one warning saying so. Their old augmentation keys (`gain_db`, `channel_swap`, `polarity`) are converted to
 MSST's (`loudness`, `channel_shuffle`, `random_polarity`), with a warning.
+
+`augmentations:` per stem (`all:`, overridden key by key by a section named after the stem) reads MSST's
+audiomentations transforms (`AUDIOMENTATIONS_EFFECTS`) and pedalboard effects (`PEDALBOARD_EFFECTS`), and at the top
+level `mp3_compression_on_mixture` (`MIXTURE_AUDIOMENTATIONS`). Each is a probability; one switched on (above 0)
+needs every parameter key MSST reads for it, typed, and its package importable (the `augment` extra; the MP3 backend's
+module too), else a ValueError saying what to add or install. A switched-off one may keep its parameters.
 """
 
 import dataclasses
+import importlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -47,12 +54,37 @@ NO_EFFECT = {
 }
 AUGMENTATIONS_UNSUPPORTED = {
     "chunk_size_augm": "random chunk lengths per batch are not implemented",
-    "mp3_compression_on_mixture": "MP3 compression needs audiomentations, which is not supported",
 }
-# per-stem augmentations MSST runs through audiomentations
-STEM_AUGMENTATIONS_UNSUPPORTED = (
-    "pitch_shift", "seven_band_parametric_eq", "tanh_distortion", "mp3_compression", "gaussian_noise", "time_stretch",
-)
+# MSST's audiomentations transforms per stem, in the order MSST applies them (after random_polarity, before the
+# pedalboard effects): (audiomentations class, {its argument: the MSST key giving it}, fixed arguments). p=1 on the
+# transform itself, since the probability is drawn before it is called. They need the `augment` extra.
+AUDIOMENTATIONS_EFFECTS = {
+    "pitch_shift": ("PitchShift", {"min_semitones": "pitch_shift_min_semitones",
+                                   "max_semitones": "pitch_shift_max_semitones"}, {}),
+    "seven_band_parametric_eq": ("SevenBandParametricEQ", {"min_gain_db": "seven_band_parametric_eq_min_gain_db",
+                                                           "max_gain_db": "seven_band_parametric_eq_max_gain_db"}, {}),
+    "tanh_distortion": ("TanhDistortion", {"min_distortion": "tanh_distortion_min",
+                                           "max_distortion": "tanh_distortion_max"}, {}),
+    "mp3_compression": ("Mp3Compression", {"min_bitrate": "mp3_compression_min_bitrate",
+                                           "max_bitrate": "mp3_compression_max_bitrate",
+                                           "backend": "mp3_compression_backend"}, {}),
+    "gaussian_noise": ("AddGaussianNoise", {"min_amplitude": "gaussian_noise_min_amplitude",
+                                            "max_amplitude": "gaussian_noise_max_amplitude"}, {}),
+    "time_stretch": ("TimeStretch", {"min_rate": "time_stretch_min_rate", "max_rate": "time_stretch_max_rate"},
+                     {"leave_length_unchanged": True}),
+}
+# the one audiomentations transform MSST applies to the mixture (top level of `augmentations:`), same layout
+MIXTURE_AUDIOMENTATIONS = {
+    "mp3_compression_on_mixture": ("Mp3Compression", {"min_bitrate": "mp3_compression_on_mixture_bitrate_min",
+                                                      "max_bitrate": "mp3_compression_on_mixture_bitrate_max",
+                                                      "backend": "mp3_compression_on_mixture_backend"}, {}),
+}
+# Mp3Compression's backends: the module each imports, and how to install it
+MP3_BACKENDS = {
+    "lameenc": ("lameenc", "pip install 'bs-roformer-fast[augment]'"),
+    "fast-mp3-augment": ("fast_mp3_augment", "pip install fast-mp3-augment"),
+    "pydub": ("pydub", "pip install pydub (it also needs ffmpeg)"),
+}
 # MSST's pedalboard effects, in the order MSST applies them: (pedalboard class, its arguments, the keys' middle part
 # per argument: `<effect>_<part>_min` and `_max` bound the uniform draw). They need the `augment` extra.
 PEDALBOARD_EFFECTS = {
@@ -138,6 +170,8 @@ class StemAugmentations:
     channel_shuffle: float = 0.0  # swap left and right
     random_inverse: float = 0.0  # reverse in time
     random_polarity: float = 0.0  # negate
+    # {effect: (probability, {audiomentations argument: value})} for the AUDIOMENTATIONS_EFFECTS switched on
+    audiomentations: dict = field(default_factory=dict)
     # {effect: (probability, {pedalboard argument: (low, high)})} for the PEDALBOARD_EFFECTS switched on
     pedalboard: dict = field(default_factory=dict)
 
@@ -155,6 +189,8 @@ class Augmentations:
     mixup_loudness_min: float = 0.5  # compat: MSST reads these but scales mixup chunks by loudness_min/max
     mixup_loudness_max: float = 1.5
     stems: dict[str, StemAugmentations] = field(default_factory=dict)  # `all` and per-stem sections
+    # on the mixture, after the loudness gains: as StemAugmentations.audiomentations, for MIXTURE_AUDIOMENTATIONS
+    mixture: dict = field(default_factory=dict)
 
     def for_stem(self, stem: str) -> StemAugmentations:
         return self.stems.get(stem) or self.stems.get("all") or StemAugmentations()
@@ -281,6 +317,49 @@ def _read_pedalboard(name: str, values: dict) -> dict:
     return effects
 
 
+def _read_audiomentations(where: str, values: dict, table: dict) -> dict:
+    """The transforms of `table` (AUDIOMENTATIONS_EFFECTS or MIXTURE_AUDIOMENTATIONS) a section switches on
+    (probability > 0), with their arguments: every key MSST reads for them is required and typed, and audiomentations
+    and the MP3 backend must import (a training run should fail at the start, not at its first augmented chunk)."""
+    effects = {}
+    for effect, (_, arguments, _) in table.items():
+        chance = _typed(where, effect, values.get(effect) or 0, float)
+        if chance <= 0:
+            continue
+        given = {}
+        for argument, key in arguments.items():
+            if key not in values:
+                raise ValueError(f"{where}.{effect} needs {key}")
+            given[argument] = _typed(where, key, values[key], str if argument == "backend" else float)
+        effects[effect] = (chance, given)
+    if effects:
+        try:
+            import audiomentations  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{where}: {sorted(effects)} need audiomentations: "
+                             "pip install 'bs-roformer-fast[augment]'") from None
+    for effect, (_, given) in effects.items():
+        if "backend" in given:
+            _check_mp3_backend(f"{where}.{table[effect][1]['backend']}", given["backend"])
+    return effects
+
+
+def _check_mp3_backend(key: str, backend: str):
+    if backend not in MP3_BACKENDS:
+        raise ValueError(f"{key} is {backend!r}; audiomentations' MP3 backends are {sorted(MP3_BACKENDS)}")
+    module, install = MP3_BACKENDS[backend]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{key} is {backend!r}, which needs the {module} module: {install} "
+                         "(or choose another backend)") from None
+
+
+def _audiomentations_keys(table: dict) -> set[str]:
+    """The keys of `table`'s transforms: their probabilities and parameters."""
+    return {key for effect, (_, arguments, _) in table.items() for key in (effect, *arguments.values())}
+
+
 def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
     for key, reason in AUGMENTATIONS_UNSUPPORTED.items():
         if section.get(key):
@@ -288,31 +367,29 @@ def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
     stems = {}
     for name, value in section.items():
         if isinstance(value, dict) and (name == "all" or name in instruments):
-            for key, chance in value.items():
-                if key in STEM_AUGMENTATIONS_UNSUPPORTED and chance:
-                    raise ValueError(f"augmentations.{name}.{key} is not supported here (MSST runs it through "
-                                     "audiomentations or pedalboard); remove it or set it to 0")
-            # an unsupported augmentation that is off (probability 0) may keep its parameters (`<name>_min_...`)
-            off = {key for key in value if key in STEM_AUGMENTATIONS_UNSUPPORTED
-                   or key.startswith(tuple(f"{aug}_" for aug in STEM_AUGMENTATIONS_UNSUPPORTED))}
             effects = {key for key in value if key.startswith(tuple(PEDALBOARD_EFFECTS))}
-            stems[name] = _fill(StemAugmentations, f"augmentations.{name}", value, skip=off | effects | {"pedalboard"})
+            effects |= _audiomentations_keys(AUDIOMENTATIONS_EFFECTS) & set(value)
+            stems[name] = _fill(StemAugmentations, f"augmentations.{name}", value,
+                                skip=effects | {"pedalboard", "audiomentations"})
     if "all" in section and "all" not in stems:
         raise ValueError("augmentations.all must be a section of per-stem augmentations")
-    for name in stems:  # a stem's own section overrides `all` key by key, pedalboard keys too
+    for name in stems:  # a stem's own section overrides `all` key by key, effect keys too
         combined = {**(section.get("all") or {}), **section[name]} if name != "all" else section[name]
+        stems[name].audiomentations = _read_audiomentations(f"augmentations.{name}", combined, AUDIOMENTATIONS_EFFECTS)
         stems[name].pedalboard = _read_pedalboard(name, combined)
     if "all" in stems:  # a stem's own section overrides `all` key by key, as in MSST
         merged_all = {f.name: getattr(stems["all"], f.name) for f in dataclasses.fields(StemAugmentations)}
         for name in list(stems):
             if name != "all":
-                given = [key for key in section[name] if key in merged_all] + ["pedalboard"]
+                given = [key for key in section[name] if key in merged_all] + ["audiomentations", "pedalboard"]
                 stems[name] = StemAugmentations(**{**merged_all, **{k: getattr(stems[name], k) for k in given}})
-    # the parameters of an unsupported augmentation that is off
-    skip = set(stems) | {key for key in section if key.startswith(tuple(AUGMENTATIONS_UNSUPPORTED))
-                         or key in ("chunk_size_min", "chunk_size_max")}
-    augmentations = _fill(Augmentations, "augmentations", section, skip=skip | {"stems"})
+    # the parameters of an unsupported augmentation that is off, and the mixture's transforms
+    skip = set(stems) | _audiomentations_keys(MIXTURE_AUDIOMENTATIONS) | {
+        key for key in section if key.startswith(tuple(AUGMENTATIONS_UNSUPPORTED))
+        or key in ("chunk_size_min", "chunk_size_max")}
+    augmentations = _fill(Augmentations, "augmentations", section, skip=skip | {"stems", "mixture"})
     augmentations.stems = stems
+    augmentations.mixture = _read_audiomentations("augmentations", section, MIXTURE_AUDIOMENTATIONS)
     return augmentations
 
 

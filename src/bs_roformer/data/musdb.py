@@ -14,16 +14,24 @@ Each item is (mixture (channels, chunk), stems (len(stems), channels, chunk), ac
 marks the stems whose heads should train on this item (all of them except in type 7). Chunks quieter than
 `min_mean_abs` (mean absolute sample) are drawn again, as MSST does. Augmentations follow MSST's `augmentations:`
 section (`train_settings.Augmentations`): per stem, as each chunk is read, a channel swap, time reversal, polarity
-inversion and MSST's pedalboard effects (reverb, chorus, phaser, distortion, pitch shift, resampling, bit crushing,
-MP3 compression; the `augment` extra); mixup (types 1-3) of extra chunks of the same stem; then a random gain per stem. The mixture is the sum of
-the stems, except the real mixture of types 6 and 7.
+inversion, MSST's audiomentations transforms (pitch shift, seven-band EQ, tanh distortion, MP3 compression, Gaussian
+noise, time stretch; then cut or zero-padded back to the chunk) and MSST's pedalboard effects (reverb, chorus, phaser,
+distortion, pitch shift, resampling, bit crushing, MP3 compression), in that order, the last two groups with the
+`augment` extra; mixup (types 1-3) of extra chunks of the same stem; then a random gain per stem. The mixture is the
+sum of the stems, except the real mixture of types 6 and 7; `mp3_compression_on_mixture` then MP3-compresses it
+(audiomentations), the stems staying as they are. The transforms get the dataset's sample rate (MSST: always 44100).
 
 Items are reproducible: item `index` is drawn from `numpy.random.default_rng([seed, epoch, index])`, so DataLoader
-workers, restarts and resumed runs see the same data. Tracks or files that cannot be used (a missing stem, another
-sample rate, shorter than a chunk) are listed in `problems` and reported once by the trainer.
+workers, restarts and resumed runs see the same data. audiomentations draws from Python's `random` and `numpy.random`:
+each call runs with both seeded from the item's generator, and their previous states are restored after it. Tracks or
+files that cannot be used (a missing stem, another sample rate, shorter than a chunk) are listed in `problems` and
+reported once by the trainer.
 """
 
+import contextlib
 import csv
+import inspect
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +40,43 @@ import soundfile
 import torch
 
 from .layout import STEM_EXTENSIONS, stem_file
-from ..train_settings import PEDALBOARD_EFFECTS, Augmentations
+from ..train_settings import AUDIOMENTATIONS_EFFECTS, MIXTURE_AUDIOMENTATIONS, PEDALBOARD_EFFECTS, Augmentations
 
 ALIGNED_ATTEMPTS = 10  # MSST's attempts at an aligned chunk without a silent stem
+
+
+def _audiomentations(effects: dict, table: dict) -> dict:
+    """{effect: (probability, transform)} for a parsed `audiomentations` or `mixture` dict of `train_settings`."""
+    if not effects:
+        return {}
+    import audiomentations
+
+    built = {}
+    for effect, (chance, arguments) in effects.items():
+        name, _, fixed = table[effect]
+        transform = getattr(audiomentations, name)
+        extra = {}
+        if arguments.get("backend") == "lameenc" and "preserve_delay" in inspect.signature(transform).parameters:
+            # compat: newer audiomentations take lameenc only with the encoder delay kept, as older ones always did
+            # (MSST's setting); the crop to the chunk then cuts the padding
+            extra["preserve_delay"] = True
+        built[effect] = (chance, transform(**arguments, **fixed, **extra, p=1.0))  # p=1: the draw is ours
+    return built
+
+
+@contextlib.contextmanager
+def _global_random_from(rng: np.random.Generator):
+    """Python's `random` and `numpy.random` seeded from `rng` inside, their previous states back after: audiomentations
+    draws from them, and an item must come out the same every time without moving the trainer's own random state."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    seed = int(rng.integers(2**32))
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 @dataclass
@@ -61,6 +103,11 @@ class StemChunks(torch.utils.data.Dataset):
         self.dataset_type, self.min_mean_abs, self.seed = int(dataset_type), float(min_mean_abs), int(seed)
         self.augmentations = augmentations if augmentations is not None and augmentations.enable else None
         self.channels, self.max_draws, self.sample_rate = channels, max_draws, sample_rate
+        # the audiomentations transforms, built once: per stem, and the mixture's (none when augmentations are off)
+        chosen = self.augmentations or Augmentations()
+        self.transforms = {stem: _audiomentations(chosen.for_stem(stem).audiomentations, AUDIOMENTATIONS_EFFECTS)
+                           for stem in self.stems}
+        self.mixture_transforms = _audiomentations(chosen.mixture, MIXTURE_AUDIOMENTATIONS)
         self.epoch = 0
         self.problems: list[str] = []
         root = Path(root)
@@ -165,7 +212,8 @@ class StemChunks(torch.utils.data.Dataset):
         return audio
 
     def _augment_stem(self, rng: np.random.Generator, audio: np.ndarray, stem: str) -> np.ndarray:
-        """MSST's per-stem order: channel shuffle, time reversal, polarity."""
+        """MSST's per-stem order: channel shuffle, time reversal, polarity, the audiomentations transforms, the
+        pedalboard effects."""
         if self.augmentations is None:
             return audio
         chances = self.augmentations.for_stem(stem)
@@ -175,18 +223,34 @@ class StemChunks(torch.utils.data.Dataset):
             audio = audio[:, ::-1]
         if chances.random_polarity > 0 and rng.random() < chances.random_polarity:
             audio = -audio
+        audio = self._apply_audiomentations(rng, self.transforms[stem], audio)
         for effect, (chance, ranges) in chances.pedalboard.items():
             if rng.random() < chance:
                 audio = self._pedalboard(effect, {arg: rng.uniform(*bounds) for arg, bounds in ranges.items()}, audio)
         return np.ascontiguousarray(audio)
+
+    def _apply_audiomentations(self, rng: np.random.Generator, transforms: dict, audio: np.ndarray) -> np.ndarray:
+        """Each transform drawn with its probability, in order, then the result cut or zero-padded to the chunk
+        once, as MSST does (MP3 encoding lengthens it)."""
+        for chance, transform in transforms.values():
+            if rng.random() < chance:
+                with _global_random_from(rng):
+                    # compat: MSST passes 44100 whatever the config's rate; the real rate (identical at 44.1 kHz)
+                    audio = transform(samples=np.ascontiguousarray(audio, dtype=np.float32),
+                                      sample_rate=self.sample_rate)
+        return self._to_chunk(audio) if transforms else audio
 
     def _pedalboard(self, effect: str, arguments: dict, audio: np.ndarray) -> np.ndarray:
         """One of MSST's pedalboard effects on a (channels, chunk) chunk, cut or zero-padded back to the chunk."""
         import pedalboard
 
         board = pedalboard.Pedalboard([getattr(pedalboard, PEDALBOARD_EFFECTS[effect][0])(**arguments)])
-        out = board(np.ascontiguousarray(audio, dtype=np.float32), self.sample_rate)[:, : self.chunk]
-        return np.pad(out, ((0, 0), (0, self.chunk - out.shape[1]))).astype(np.float32)
+        return self._to_chunk(board(np.ascontiguousarray(audio, dtype=np.float32), self.sample_rate))
+
+    def _to_chunk(self, audio: np.ndarray) -> np.ndarray:
+        """`audio` cut or zero-padded to the chunk length, float32: the effects may change its length."""
+        audio = audio[:, : self.chunk]
+        return np.pad(audio, ((0, 0), (0, self.chunk - audio.shape[1]))).astype(np.float32)
 
     def _random_source(self, rng: np.random.Generator, stem: str) -> np.ndarray:
         """One chunk of `stem` from a random place (types 1-3), drawn again while quieter than min_mean_abs."""
@@ -248,5 +312,6 @@ class StemChunks(torch.utils.data.Dataset):
             stems = stems * gains[:, None, None].astype(np.float32)
         if self.dataset_type == 4 or mixture is None:
             mixture = stems.sum(axis=0)
+        mixture = self._apply_audiomentations(rng, self.mixture_transforms, mixture)  # MSST: after the gains
         # compat: in types 6 and 7 the real mixture is used as it is, although the stems were augmented (MSST)
         return torch.from_numpy(np.ascontiguousarray(mixture)), torch.from_numpy(stems), torch.from_numpy(active)
