@@ -295,6 +295,18 @@ def test_mp3_compression_on_mixture_changes_the_mixture_not_the_stems(synth_root
         assert not torch.allclose(mixture, plain[0], atol=1e-3)
 
 
+def test_msst_lameenc_backend_runs_delay_free_so_the_mp3_mixture_lines_up_with_its_stems(synth_root):
+    pytest.importorskip("audiomentations")
+    augmentations = augmentations_of(MIXTURE_MP3)  # MSST's configs name lameenc
+    assert augmentations.mixture["mp3_compression_on_mixture"][1]["backend"] == "fast-mp3-augment"
+    mixture, stems, _ = vocals_and_bass(synth_root, augmentations, 4)[0]
+    left, clean = mixture[0].numpy(), stems.sum(0)[0].numpy()
+    lags = range(-1200, 1201)  # lameenc with its delay kept puts the peak 761 samples late here
+    correlation = [np.dot(left[max(lag, 0):len(left) + min(lag, 0)], clean[max(-lag, 0):len(clean) - max(lag, 0)])
+                   for lag in lags]
+    assert lags[int(np.argmax(correlation))] == 0
+
+
 def test_audiomentations_settings_name_what_is_wrong(monkeypatch):
     pytest.importorskip("audiomentations")
     pitch = {"pitch_shift": 0.5, "pitch_shift_min_semitones": -2}

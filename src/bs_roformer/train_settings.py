@@ -81,10 +81,13 @@ MIXTURE_AUDIOMENTATIONS = {
 }
 # Mp3Compression's backends: the module each imports, and how to install it
 MP3_BACKENDS = {
-    "lameenc": ("lameenc", "pip install 'bs-roformer-fast[augment]'"),
-    "fast-mp3-augment": ("fast_mp3_augment", "pip install fast-mp3-augment"),
+    "fast-mp3-augment": ("fast_mp3_augment", "pip install 'bs-roformer-fast[augment]'"),
     "pydub": ("pydub", "pip install pydub (it also needs ffmpeg)"),
 }
+# compat: MSST's configs name `lameenc`, which audiomentations >= 0.42 runs only with LAME's encoder delay kept (the
+# audio several hundred samples late: an MP3'd mixture would no longer line up with its stems); fast-mp3-augment runs
+# the same LAME encoder and removes the delay, so it stands in
+MP3_BACKEND_STAND_INS = {"lameenc": "fast-mp3-augment"}
 # MSST's pedalboard effects, in the order MSST applies them: (pedalboard class, its arguments, the keys' middle part
 # per argument: `<effect>_<part>_min` and `_max` bound the uniform draw). They need the `augment` extra.
 PEDALBOARD_EFFECTS = {
@@ -340,19 +343,24 @@ def _read_audiomentations(where: str, values: dict, table: dict) -> dict:
                              "pip install 'bs-roformer-fast[augment]'") from None
     for effect, (_, given) in effects.items():
         if "backend" in given:
-            _check_mp3_backend(f"{where}.{table[effect][1]['backend']}", given["backend"])
+            given["backend"] = _mp3_backend(f"{where}.{table[effect][1]['backend']}", given["backend"])
     return effects
 
 
-def _check_mp3_backend(key: str, backend: str):
+def _mp3_backend(key: str, named: str) -> str:
+    """The backend to run for the one `key` names, checked to import."""
+    backend = MP3_BACKEND_STAND_INS.get(named, named)
     if backend not in MP3_BACKENDS:
-        raise ValueError(f"{key} is {backend!r}; audiomentations' MP3 backends are {sorted(MP3_BACKENDS)}")
+        raise ValueError(f"{key} is {named!r}; audiomentations' MP3 backends are "
+                         f"{sorted([*MP3_BACKENDS, *MP3_BACKEND_STAND_INS])}")
     module, install = MP3_BACKENDS[backend]
     try:
         importlib.import_module(module)
     except ImportError:
-        raise ValueError(f"{key} is {backend!r}, which needs the {module} module: {install} "
+        runs = f" (run as {backend})" if backend != named else ""
+        raise ValueError(f"{key} is {named!r}{runs}, which needs the {module} module: {install} "
                          "(or choose another backend)") from None
+    return backend
 
 
 def _audiomentations_keys(table: dict) -> set[str]:

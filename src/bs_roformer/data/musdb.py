@@ -30,7 +30,6 @@ reported once by the trainer.
 
 import contextlib
 import csv
-import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +54,7 @@ def _audiomentations(effects: dict, table: dict) -> dict:
     for effect, (chance, arguments) in effects.items():
         name, _, fixed = table[effect]
         transform = getattr(audiomentations, name)
-        extra = {}
-        if arguments.get("backend") == "lameenc" and "preserve_delay" in inspect.signature(transform).parameters:
-            # compat: newer audiomentations take lameenc only with the encoder delay kept, as older ones always did
-            # (MSST's setting); the crop to the chunk then cuts the padding
-            extra["preserve_delay"] = True
-        built[effect] = (chance, transform(**arguments, **fixed, **extra, p=1.0))  # p=1: the draw is ours
+        built[effect] = (chance, transform(**arguments, **fixed, p=1.0))  # p=1: the draw is ours
     return built
 
 
