@@ -14,7 +14,7 @@ from bs_roformer.train_settings import read_settings
 
 from test_train import CONFIG, MODEL, data, with_training  # noqa: F401  (data: the module's synthetic tracks)
 
-REFERENCE = torch.load(FIXTURES / "reference" / "msst_losses.pt", weights_only=True)
+REFERENCE = torch.load(FIXTURES / "losses" / "msst_losses.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("case", REFERENCE["cases"], ids=lambda case: f"{case['name']}-{case['arguments']}")

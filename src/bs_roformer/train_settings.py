@@ -311,19 +311,25 @@ def _read_pedalboard(name: str, values: dict) -> dict:
                 raise ValueError(f"augmentations.{name}.{effect} needs {missing[0]} (and its _min/_max pair)")
             ranges[argument] = (float(values[keys[0]]), float(values[keys[1]]))
         effects[effect] = (chance, ranges)
+    _require("pedalboard", f"augmentations.{name}", effects)
+    return effects
+
+
+def _require(package: str, where: str, effects: dict):
+    """A ValueError saying how to install `package` when `effects` (those switched on) need it and it is missing:
+    a training run should fail at its start, not at its first augmented chunk."""
     if effects:
         try:
-            import pedalboard  # noqa: F401
+            importlib.import_module(package)
         except ImportError:
-            raise ValueError(f"augmentations.{name}: {sorted(effects)} need pedalboard: "
+            raise ValueError(f"{where}: {sorted(effects)} need {package}: "
                              "pip install 'bs-roformer-fast[augment]'") from None
-    return effects
 
 
 def _read_audiomentations(where: str, values: dict, table: dict) -> dict:
     """The transforms of `table` (AUDIOMENTATIONS_EFFECTS or MIXTURE_AUDIOMENTATIONS) a section switches on
     (probability > 0), with their arguments: every key MSST reads for them is required and typed, and audiomentations
-    and the MP3 backend must import (a training run should fail at the start, not at its first augmented chunk)."""
+    and the MP3 backend must import."""
     effects = {}
     for effect, (_, arguments, _) in table.items():
         chance = _typed(where, effect, values.get(effect) or 0, float)
@@ -335,12 +341,7 @@ def _read_audiomentations(where: str, values: dict, table: dict) -> dict:
                 raise ValueError(f"{where}.{effect} needs {key}")
             given[argument] = _typed(where, key, values[key], str if argument == "backend" else float)
         effects[effect] = (chance, given)
-    if effects:
-        try:
-            import audiomentations  # noqa: F401
-        except ImportError:
-            raise ValueError(f"{where}: {sorted(effects)} need audiomentations: "
-                             "pip install 'bs-roformer-fast[augment]'") from None
+    _require("audiomentations", where, effects)
     for effect, (_, given) in effects.items():
         if "backend" in given:
             given["backend"] = _mp3_backend(f"{where}.{table[effect][1]['backend']}", given["backend"])
