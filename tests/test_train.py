@@ -232,6 +232,10 @@ def test_keys_unknown_warn_unsupported_stop_and_old_configs_convert():
 
     with pytest.warns(UserWarning, match="training.bogus is not a key"):
         read_settings(with_training(bogus=1))
+    with pytest.warns(UserWarning, match="augmentaions: is not a section this trainer reads; it is ignored"):
+        read_settings(dict(CONFIG, augmentaions={"enable": True}))  # a typo'd section would otherwise train without
+    with pytest.warns(UserWarning, match="audio.chunk is not a key this trainer knows"):
+        read_settings(dict(CONFIG, audio=dict(CONFIG["audio"], chunk=4096)))
     with pytest.raises(ValueError, match="training.optimizer 'lion' is not supported"):
         read_settings(with_training(optimizer="lion"))
     with pytest.raises(ValueError, match="training.normalize is not supported"):

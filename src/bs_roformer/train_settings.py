@@ -52,6 +52,12 @@ NO_EFFECT = {
     "use_mp3_compress", "augmentation_mix", "augmentation_loudness", "augmentation_loudness_type",
     "augmentation_loudness_min", "augmentation_loudness_max", "num_precompute_chunks", "precompute_batch_for_chunks",
 }
+# the config's top-level sections: `model:` and `inference:` are read where the model is built and where it separates
+SECTIONS = {"audio", "model", "training", "augmentations", "inference", "optimizer", "lora", "loss_multistft"}
+# `audio:` keys the trainer reads, and those MSST's configs carry for other architectures (MDX23C's STFT, the
+# channel count inference.py reads) that a Roformer's model section settles
+AUDIO_KEYS = {"chunk_size", "sample_rate", "min_mean_abs"}
+AUDIO_NO_EFFECT = {"num_channels", "hop_length", "n_fft", "dim_t", "dim_f"}
 AUGMENTATIONS_UNSUPPORTED = {
     "chunk_size_augm": "random chunk lengths per batch are not implemented",
 }
@@ -463,7 +469,11 @@ def read_settings(config: dict) -> Settings:
 
     _check_losses(values)
 
+    for section in sorted(set(config) - SECTIONS):
+        _warn(f"{section}: is not a section this trainer reads; it is ignored (sections: {', '.join(sorted(SECTIONS))})")
     audio = config.get("audio") or {}
+    for key in sorted(set(audio) - AUDIO_KEYS - AUDIO_NO_EFFECT):
+        _warn(f"audio.{key} is not a key this trainer knows; it is ignored")
     augmentation_section = _convert_old_augmentations(dict(config.get("augmentations") or {}))
     optimizer = config.get("optimizer") or {}
     if not isinstance(optimizer, dict):
