@@ -470,7 +470,8 @@ def read_settings(config: dict) -> Settings:
     _check_losses(values)
 
     for section in sorted(set(config) - SECTIONS):
-        _warn(f"{section}: is not a section this trainer reads; it is ignored (sections: {', '.join(sorted(SECTIONS))})")
+        _warn(f"{section}: is not a section this trainer reads; it is ignored "
+              f"(sections: {', '.join(sorted(SECTIONS))})")
     audio = config.get("audio") or {}
     for key in sorted(set(audio) - AUDIO_KEYS - AUDIO_NO_EFFECT):
         _warn(f"audio.{key} is not a key this trainer knows; it is ignored")
