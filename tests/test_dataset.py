@@ -167,7 +167,11 @@ def test_skipped_tracks_are_reported(tmp_path):
     write_noise(tmp_path / "no_bass", ["vocals", "drums", "other"])
     data = StemChunks(tmp_path, STEMS, chunk_samples=500)
     assert len(data.tracks) == 1
-    assert data.problems == ["no_bass: missing ['bass']", "other_rate: not at 44100 Hz"]
+    assert data.problems[0] == "no_bass: missing ['bass']"
+    assert data.problems[1] == "other_rate: at 48000 Hz, not at audio.sample_rate 44100"
+    write_noise(tmp_path / "good", ["bass"], rate=22050)  # one file at another rate: each file, its own rate
+    with pytest.raises(ValueError, match="good: vocals.wav at 44100 Hz, drums.wav at 44100 Hz, bass.wav at 22050 Hz"):
+        StemChunks(tmp_path, STEMS, chunk_samples=500)
 
 
 def test_bad_folders(tmp_path):

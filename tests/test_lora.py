@@ -124,6 +124,10 @@ def test_an_msst_loralib_file_merges_into_a_base_checkpoint_and_separates(tmp_pa
     assert main(["separate", "-c", str(tmp_path / "no_lora.yaml"), "-m", str(tmp_path / "base.ckpt"), "--lora",
                  str(tmp_path / "adapter.ckpt"), str(song), "-o", str(tmp_path / "out2"), "-q"]) == 1
     assert "lora_alpha" in capsys.readouterr().err
+    assert main(["separate", "-c", str(tmp_path / "config.yaml"), "-m", str(tmp_path / "adapter.ckpt"), str(song),
+                 "-o", str(tmp_path / "out3"), "-q"]) == 1  # the adapter given as the model
+    assert "the checkpoint is a LoRA adapter (only lora_A/lora_B tensors): give its base model's checkpoint " \
+           "instead, and this file with --lora" in capsys.readouterr().err
     bad = {"band_split.to_features.0.1.lora_A": torch.randn(4, 9), "band_split.to_features.0.1.lora_B": adapter[
         "band_split.to_features.0.1.lora_B"]}
     with pytest.raises(ValueError, match="does not fit the weight"):

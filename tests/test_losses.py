@@ -58,8 +58,10 @@ def test_settings_read_msst_loss_flags_and_refuse_what_cannot_work(monkeypatch):
         read_settings(with_training(use_standard_loss=True, loss=["l1_snr_loss"]))
     with pytest.raises(ValueError, match="'huber' is not one of MSST's losses; use one of masked_loss, mse_loss"):
         read_settings(with_training(use_standard_loss=True, loss=["huber"]))
-    with pytest.raises(ValueError, match="is 0 at batch_size 1"):
+    with pytest.raises(ValueError, match="is 0 at batch_size 1 .*, and it is the only loss: raise"):
         read_settings(with_training(use_standard_loss=True, batch_size=1))
+    with pytest.warns(UserWarning, match="is 0 at batch_size 1 .*: only the other terms train"):  # as MSST trains
+        read_settings(with_training(use_standard_loss=True, batch_size=1, loss=["masked_loss", "l1_loss"]))
     assert read_settings(with_training(use_standard_loss=True, batch_size=1, coarse_loss_clip=False))
     with pytest.raises(ValueError, match=r"training.q is 1.5; it is a quantile, in \(0, 1\]"):
         read_settings(with_training(use_standard_loss=True, q=1.5))

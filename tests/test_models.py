@@ -1,5 +1,6 @@
 """Behaviour of the models beyond reference parity: sizes, errors, fast paths against plain ones, precision."""
 
+import warnings
 
 import pytest
 import torch
@@ -108,6 +109,9 @@ def test_target_of_wrong_shape():
 def test_harmless_config_keys_warn_and_unknown_keys_fail():
     with pytest.warns(UserWarning, match="dim_freqs_in=1025 is ignored"):
         BSRoformer(**TINY_BS, dim_freqs_in=1025)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the bins stft_n_fft gives, as every published config has: no warning
+        BSRoformer(**TINY_BS, dim_freqs_in=TINY_BS["stft_n_fft"] // 2 + 1)
     with pytest.warns(UserWarning, match="sage_attention=True is ignored"):
         MelBandRoformer(**TINY_MEL, sage_attention=True)
     with pytest.raises(TypeError, match="unknown model option 'dimm'"):

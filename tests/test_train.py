@@ -160,7 +160,7 @@ def test_train_command_refuses_to_mix_runs_and_explains(tmp_path, data, capsys):
     base = ["train", "-c", str(tmp_path / "config.yaml"), "--data", str(data / "train"), "-q"]
     run = ["--out", str(tmp_path / "run")]
     assert main([*base, *run]) == 0
-    assert "stopped at step 2" in capsys.readouterr().out
+    assert "finished: optimizer step 2, epoch 1;" in capsys.readouterr().out
     before = (tmp_path / "run" / "last.ckpt").read_bytes()
 
     assert main([*base, *run]) == 1  # an existing run is neither replaced nor appended to
@@ -191,6 +191,37 @@ def test_train_command_refuses_to_mix_runs_and_explains(tmp_path, data, capsys):
     assert not (tmp_path / "bad_init").exists()
     assert main([*base, "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()  # a run that fails to start leaves no folder
+
+
+def test_msst_command_lines_and_mistakes_get_messages_naming_the_fix(tmp_path, data, capsys):
+    from bs_roformer.cli import main
+
+    def write(config) -> str:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        return str(tmp_path / "config.yaml")
+
+    no_type = with_training(num_epochs=1, num_steps=2, gradient_accumulation_steps=1)
+    del no_type["training"]["model_type"]
+    msst_spelling = ["train", "--config_path", write(no_type), "--data_path", str(data / "train"), "-q",
+                     "--dataset_type", "1", "--num_workers=0"]
+    assert main([*msst_spelling, "--results_path", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "finished: optimizer step 2, epoch 1;" in captured.out
+    assert "model type bs_roformer, from the config's model keys" in captured.err
+
+    def fails(config, *extra) -> str:
+        assert main(["train", "-c", write(config), "--data", str(data / "train"), "-q", "--out",
+                     str(tmp_path / "failed"), *extra]) == 1
+        assert not (tmp_path / "failed").exists()
+        return capsys.readouterr().err
+
+    assert "model.freqs_per_bands is not an option of MelBandRoformer: the config's model section is a " \
+           "bs_roformer's; use --model-type bs_roformer" in fails(no_type, "--model_type", "mel_band_roformer")
+    no_range = dict(CONFIG, augmentations={"enable": True, "loudness": True, "loudness_max": 1.2})
+    assert "augmentations.loudness needs loudness_min" in fails(no_range)
+    assert "--lora needs the config's lora: section" in fails(no_type, "--lora")
+    with pytest.warns(UserWarning, match="lora.enable_lora is ignored: it is loralib's MergedLinear argument"):
+        train_module.read_settings(dict(CONFIG, lora={"r": 4, "enable_lora": [True, False, True]}))
 
 
 def train_published_configs(tmp_path, **shrink):

@@ -276,7 +276,8 @@ def train_command(args) -> int:
                   file=sys.stderr)
         return 130
     if main_process:
-        print(f"stopped at step {record.get('step', '-')}; checkpoints and metrics.jsonl in {args.out}")
+        print(f"finished: optimizer step {record['step']}, epoch {record.get('epoch', 0) + 1}; checkpoints and "
+              f"metrics.jsonl in {args.out}")
     return 0
 
 
@@ -573,8 +574,30 @@ def print_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
+# compat: MSST's train.py flags, as MSST users type them, and ours of the same meaning
+MSST_TRAIN_FLAGS = {
+    "--model_type": "--model-type", "--config_path": "--config", "--data_path": "--data", "--valid_path": "--valid",
+    "--results_path": "--out", "--start_check_point": "--init", "--dataset_type": "--dataset-type",
+    "--metric_for_scheduler": "--metric-for-scheduler", "--num_workers": "--num-workers",
+    "--use_standard_loss": "--use-standard-loss", "--freeze_layers": "--freeze", "--train_lora_loralib": "--lora",
+    "--lora_checkpoint_loralib": "--lora-checkpoint",
+    **{f"--{name}_coef": f"--{name.replace('_', '-')}-coef" for name in LOSSES},
+}
+
+
+def with_our_flag_names(argv: list[str]) -> list[str]:
+    """`train`'s arguments with MSST's flag spellings (`--model_type x`, `--model_type=x`) replaced by ours."""
+    if not argv or argv[0] != "train":
+        return argv
+    renamed = []
+    for argument in argv:
+        flag, equals, value = argument.partition("=")
+        renamed.append(MSST_TRAIN_FLAGS.get(flag, flag) + equals + value if flag.startswith("--") else argument)
+    return renamed
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(with_our_flag_names(sys.argv[1:] if argv is None else list(argv)))
     if argv is None and args.command in ("separate", "evaluate", "web"):
         use_fast_allocator_settings()
     try:

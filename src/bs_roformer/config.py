@@ -105,8 +105,9 @@ def setting(config: dict, section: str, key: str, kind: type, default):
     return kind(value)
 
 
-def check_model_options(model_class: type, options: dict):
-    """Unknown keys and values of the wrong type in a config's `model:` section, named, as a ValueError."""
+def check_model_options(model_class: type, options: dict, model_type: str | None = None):
+    """Unknown keys and values of the wrong type in a config's `model:` section, named, as a ValueError (which says
+    so when the keys are another model type's)."""
     from .models.roformer import IGNORED_CONFIG_KEYS, Roformer
 
     parameters = {}  # of the public constructors: the class and the bases it passes options on to, up to Roformer
@@ -119,6 +120,11 @@ def check_model_options(model_class: type, options: dict):
         if key not in parameters or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
             if key in IGNORED_CONFIG_KEYS:
                 continue
+            looks_like = _model_type_from_keys(options)
+            if looks_like and model_type and looks_like != model_type:
+                raise ValueError(f"model.{key} is not an option of {model_class.__name__}: the config's model "
+                                 f"section is a {looks_like}'s; use --model-type {looks_like} (or training."
+                                 f"model_type: {looks_like})")
             raise ValueError(f"unknown model option model.{key} (= {value!r}) for {model_class.__name__}; "
                              "check its spelling against the model's published config")
         parameter = parameters[key]
@@ -134,7 +140,7 @@ def check_model_options(model_class: type, options: dict):
 
 def build_model(config: dict, model_type: str) -> torch.nn.Module:
     model_class = MODEL_CLASSES[model_type]
-    check_model_options(model_class, config["model"])
+    check_model_options(model_class, config["model"], model_type)
     return model_class(**config["model"])
 
 
@@ -144,6 +150,9 @@ def _explain_mismatch(config: dict, model: torch.nn.Module, model_type: str, sta
     theirs = {key: tuple(value.shape) for key, value in state.items()}
     if ours == theirs:
         return None
+    if state and all(key.endswith((".lora_A", ".lora_B")) for key in state):
+        return ("the checkpoint is a LoRA adapter (only lora_A/lora_B tensors): give its base model's checkpoint "
+                "instead, and this file with --lora (separate, evaluate) or --lora-checkpoint (train --lora)")
     try:
         implied = infer_config(state)
     except ValueError as error:

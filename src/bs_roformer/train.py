@@ -299,12 +299,18 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
     main_process = rank == 0  # logs, validates and writes checkpoints
     if model_type and training.model_type and model_type != training.model_type:
         raise ValueError(f"--model-type {model_type} but the config's training.model_type is {training.model_type}")
-    model_type = model_type_of(config, override=model_type or training.model_type)
+    chosen = model_type or training.model_type
+    model_type = model_type_of(config, override=chosen)
+    if chosen is None:
+        report(f"model type {model_type}, from the config's model keys (--model-type to choose another)")
     torch.manual_seed(training.seed)
     model = build_model(config, model_type).to(device).train()
     if init_checkpoint:  # fine-tuning a published model
         for line in warm_start(model, load_state_dict(init_checkpoint), config, model_type, init_tolerant):
             report(f"--init: {line}")
+    if lora and not config.get("lora"):
+        raise ValueError("--lora needs the config's lora: section, as in MSST: its rank r, lora_alpha and "
+                         "lora_dropout (for example lora: {r: 8, lora_alpha: 16, lora_dropout: 0.05})")
     if lora_checkpoint and not lora:
         raise ValueError("--lora-checkpoint starts LoRA training from an adapter: add --lora")
     if lora:

@@ -403,9 +403,25 @@ def _read_augmentations(section: dict, instruments: list[str]) -> Augmentations:
         key for key in section if key.startswith(tuple(AUGMENTATIONS_UNSUPPORTED))
         or key in ("chunk_size_min", "chunk_size_max")}
     augmentations = _fill(Augmentations, "augmentations", section, skip=skip | {"stems", "mixture"})
+    # as for the effects, the keys MSST reads for what is switched on are required (a default would hide a typo);
+    # compat: MSST scales the mixup chunks by loudness_min/max
+    for switch, keys in (("loudness", ("loudness_min", "loudness_max")),
+                         ("mixup", ("mixup_probs", "loudness_min", "loudness_max"))):
+        missing = [key for key in keys if key not in section]
+        if augmentations.enable and getattr(augmentations, switch) and missing:
+            raise ValueError(f"augmentations.{switch} needs {', '.join(missing)}")
     augmentations.stems = stems
     augmentations.mixture = _read_audiomentations("augmentations", section, MIXTURE_AUDIOMENTATIONS)
     return augmentations
+
+
+def _read_lora(section: dict) -> Lora:
+    if "enable_lora" in section:
+        # compat: MSST passes the section to loralib's lora.Linear, which has no enable_lora (a MergedLinear
+        # argument): MSST's layers then fail to take adapters; here every Linear layer gets one
+        _warn("lora.enable_lora is ignored: it is loralib's MergedLinear argument, and LoRA here (as MSST's "
+              "lora.Linear) adapts every Linear layer whole")
+    return _fill(Lora, "lora", {key: value for key, value in section.items() if key != "enable_lora"})
 
 
 def _check_losses(training: Training):
@@ -427,9 +443,12 @@ def _check_losses(training: Training):
     if not 0 < training.q <= 1:
         raise ValueError(f"training.q is {training.q}; it is a quantile, in (0, 1]")
     if "masked_loss" in training.loss and training.coarse_loss_clip and training.batch_size == 1:
-        raise ValueError("masked_loss with coarse_loss_clip: true is 0 at batch_size 1 (its quantile is taken over "
-                         "the batch, so the one value per stem is masked out): raise training.batch_size, set "
-                         "coarse_loss_clip: false, or use another --loss")
+        zero = ("masked_loss with coarse_loss_clip: true is 0 at batch_size 1 (its quantile is taken over the batch, "
+                "so the one value per stem is masked out)")
+        if training.loss == ["masked_loss"]:
+            raise ValueError(f"{zero}, and it is the only loss: raise training.batch_size, set coarse_loss_clip: "
+                             "false, or use another --loss")
+        _warn(f"{zero}: only the other terms train")
     if "multistft_loss" in training.loss:
         try:
             import auraloss  # noqa: F401
@@ -486,7 +505,7 @@ def read_settings(config: dict) -> Settings:
     return Settings(
         training=values,
         augmentations=_read_augmentations(augmentation_section, values.instruments),
-        lora=_fill(Lora, "lora", dict(config.get("lora") or {})),
+        lora=_read_lora(dict(config.get("lora") or {})),
         optimizer=dict(optimizer),
         loss_multistft=dict(multistft),
         chunk_size=_typed("audio", "chunk_size", audio.get("chunk_size", 131584), int),

@@ -119,8 +119,11 @@ class StemChunks(torch.utils.data.Dataset):
     def _usable(self, name: str, paths: list[Path]) -> int | None:
         """The frames the files share, or None (and a problem noted) when they cannot be used."""
         infos = [soundfile.info(str(path)) for path in paths]
-        if any(info.samplerate != self.sample_rate for info in infos):
-            self.problems.append(f"{name}: not at {self.sample_rate} Hz")
+        rates = {info.samplerate for info in infos}
+        if rates != {self.sample_rate}:
+            found = f"at {rates.pop()} Hz" if len(rates) == 1 else ", ".join(
+                f"{path.name} at {info.samplerate} Hz" for path, info in zip(paths, infos))
+            self.problems.append(f"{name}: {found}, not at audio.sample_rate {self.sample_rate}")
             return None
         frames = min(info.frames for info in infos)
         if frames < self.chunk:

@@ -54,7 +54,7 @@ class BSRoformer(Roformer):
         mask_estimator: dict | None = None,
         **ignored,
     ):
-        warn_ignored(ignored)
+        warn_ignored(ignored, stft_n_fft)
         num_bins = stft_n_fft // 2 + 1
         freqs_per_bands = tuple(int(width) for width in freqs_per_bands)
         if len(freqs_per_bands) < 2 or sum(freqs_per_bands) != num_bins or min(freqs_per_bands) < 1:

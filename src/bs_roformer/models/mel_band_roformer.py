@@ -57,7 +57,7 @@ class MelBandRoformer(Roformer):
         use_pope: bool = False,
         **ignored,
     ):
-        warn_ignored(ignored)
+        warn_ignored(ignored, stft_n_fft)
         if mask_estimator_depth + self.EXTRA_MASK_LAYERS < 1:
             raise ValueError(f"mask_estimator_depth must be >= {1 - self.EXTRA_MASK_LAYERS} for "
                              f"{type(self).__name__}, got {mask_estimator_depth}")

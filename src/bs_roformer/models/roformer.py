@@ -35,10 +35,14 @@ def shared_options(arguments: dict) -> dict:
     return {name: arguments[name] for name in SHARED_OPTIONS}
 
 
-def warn_ignored(options: dict):
+def warn_ignored(options: dict, stft_n_fft: int):
+    """A warning for each option of IGNORED_CONFIG_KEYS, except a `dim_freqs_in` that agrees with `stft_n_fft`
+    (published configs carry one; MSST ignores it too); any other option is a TypeError."""
     for key, value in options.items():
         if key not in IGNORED_CONFIG_KEYS:
             raise TypeError(f"unknown model option {key!r} (= {value!r})")
+        if key == "dim_freqs_in" and value == stft_n_fft // 2 + 1:
+            continue
         warnings.warn(f"model option {key}={value!r} is ignored: {IGNORED_CONFIG_KEYS[key]}", stacklevel=3)
 
 
