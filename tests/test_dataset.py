@@ -137,6 +137,20 @@ def test_folder_per_stem_and_csv_datasets(tmp_path):
         StemChunks(tmp_path / "list.csv", ["vocals", "drums"], chunk_samples=500, dataset_type=3)
 
 
+def test_several_data_folders_are_one_set_as_msst_data_path(tmp_path):
+    for root, seed in (("a", 0), ("b", 1)):
+        write_noise(tmp_path / root / "song", STEMS, seed=seed)
+        for stem in ["vocals", "bass"]:
+            write_noise(tmp_path / f"stems_{root}" / stem, [f"take_{root}"], seed=seed)
+    both = StemChunks([tmp_path / "a", tmp_path / "b"], STEMS, chunk_samples=500)
+    assert [track.folder for track in both.tracks] == [tmp_path / "a" / "song", tmp_path / "b" / "song"]
+    per_stem = StemChunks([tmp_path / "stems_a", tmp_path / "stems_b"], ["vocals", "bass"], chunk_samples=500,
+                          dataset_type=2)
+    assert [source.path.name for source in per_stem.sources["bass"]] == ["take_a.wav", "take_b.wav"]
+    with pytest.raises(FileNotFoundError, match="dataset folder not found: .*nope"):
+        StemChunks([tmp_path / "a", tmp_path / "nope"], STEMS, chunk_samples=500)
+
+
 def test_type_6_uses_the_real_mixture_and_type_7_balances_classes(tmp_path):
     write_noise(tmp_path / "a", ["vocals", "bass", "mixture"], seed=1)  # a mixture that is not the sum
     data = StemChunks(tmp_path, ["vocals", "bass"], chunk_samples=500, items_per_epoch=4, dataset_type=6)

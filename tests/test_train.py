@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import bs_roformer.train as train_module
-from bs_roformer.config import load_config, load_model
+from bs_roformer.config import build_model, load_config, load_model
 from bs_roformer.data.synth import write_dataset
 from bs_roformer.train import learning_rate_factor, train
 
@@ -202,12 +202,15 @@ def test_msst_command_lines_and_mistakes_get_messages_naming_the_fix(tmp_path, d
 
     no_type = with_training(num_epochs=1, num_steps=2, gradient_accumulation_steps=1)
     del no_type["training"]["model_type"]
-    msst_spelling = ["train", "--config_path", write(no_type), "--data_path", str(data / "train"), "-q",
-                     "--dataset_type", "1", "--num_workers=0"]
+    msst_spelling = ["train", "--config_path", write(no_type), "--data_path", str(data / "train"), str(data / "valid"),
+                     "--valid_path", str(data / "valid"), str(data / "valid"), "-q", "--dataset_type", "1",
+                     "--num_workers=0"]
     assert main([*msst_spelling, "--results_path", str(tmp_path / "run")]) == 0
     captured = capsys.readouterr()
     assert "finished: optimizer step 2, epoch 1;" in captured.out
     assert "model type bs_roformer, from the config's model keys" in captured.err
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(last["valid"]["sdr"]) == {"vocals"}  # validated on both folders (the same one twice)
 
     def fails(config, *extra) -> str:
         assert main(["train", "-c", write(config), "--data", str(data / "train"), "-q", "--out",
@@ -328,8 +331,6 @@ def test_freeze_and_tolerant_warm_start(tmp_path, data):
           report=lambda line: None)
     state = torch.load(tmp_path / "small" / "last.ckpt", weights_only=True)
     torch.manual_seed(config["training"]["seed"])
-    from bs_roformer.config import build_model
-
     initial = build_model(config, "bs_roformer").state_dict()
     assert all(torch.equal(state["model"][k], initial[k]) for k in initial if k.startswith("band_split"))
     assert not all(torch.equal(state["model"][k], initial[k]) for k in initial if k.startswith("layers"))
@@ -373,7 +374,6 @@ def test_compile_option_reaches_the_transformer_stack(tmp_path, data, monkeypatc
 
 
 def test_validation_reports_every_msst_metric_per_stem(data):
-    from bs_roformer.config import build_model
     from bs_roformer.metrics import l1_freq
     from bs_roformer.train import validate
 
@@ -387,3 +387,13 @@ def test_validation_reports_every_msst_metric_per_stem(data):
                       other_fix=True)
     assert sorted(scores) == ["bleedless", "fullness", "l1_freq", "sdr", "si_sdr"]
     assert all(sorted(per_stem) == ["other", "vocals"] for per_stem in scores.values())
+
+
+def test_validation_takes_several_folders_as_one_set(data):
+    from bs_roformer.train import validate
+
+    model = build_model(CONFIG, "bs_roformer").eval()
+    train_sdr, valid_sdr, both = (validate(model, CONFIG, folders, "cpu")["sdr"]["vocals"]
+                                  for folders in (data / "train", data / "valid", [data / "train", data / "valid"]))
+    assert both == pytest.approx((2 * train_sdr + valid_sdr) / 3)  # the mean over all three tracks
+    assert abs(train_sdr - valid_sdr) > 1e-3

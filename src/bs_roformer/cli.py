@@ -487,11 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train or fine-tune a model (MSST-style YAML config)",
                                 formatter_class=formatter)
     train.add_argument("-c", "--config", required=True, help="YAML config: model, training, audio, augmentations")
-    train.add_argument("--data", type=Path, required=True,
+    train.add_argument("--data", type=Path, nargs="+", required=True,
                        help="training data: track folders (MUSDB18-HQ layout), a folder per stem (--dataset-type 2) "
-                       "or a CSV file (3)")
+                       "or a CSV file (3); several are drawn from as one set")
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and metrics.jsonl")
-    train.add_argument("--valid", type=Path, help="validation tracks (MUSDB18-HQ layout), scored at each epoch's end")
+    train.add_argument("--valid", type=Path, nargs="+",
+                       help="validation tracks (MUSDB18-HQ layout; one folder or several), scored at each epoch's end")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt exactly")
     train.add_argument("--init", help="start from these weights (fine-tuning): a checkpoint file or a published "
                        "model's id")

@@ -141,15 +141,17 @@ def score(metric: str, reference: torch.Tensor, estimate: torch.Tensor, sample_r
     return (bleedless if metric == "bleedless" else fullness).item()
 
 
-def validate(model, config, valid_dir: Path, device, metrics=("sdr",), other_fix=False) -> dict[str, dict]:
-    """{metric: {stem: mean over the validation tracks}}, the tracks separated as `bs-roformer separate` would.
-    With `other_fix`, `other` is scored against mixture - vocals (MSST, for test sets whose `other` is the rest)."""
+def validate(model, config, valid_dirs: Path | list[Path], device, metrics=("sdr",), other_fix=False) -> dict:
+    """{metric: {stem: mean over the validation tracks}}, the tracks (of one folder or several) separated as
+    `bs-roformer separate` would. With `other_fix`, `other` is scored against mixture - vocals (MSST, for test sets
+    whose `other` is the rest)."""
     from .data.layout import mixture_of, read_stems, track_folders
     from .separate import Separator
 
     separator = Separator(model, config, device=device)
     totals: dict[str, dict[str, list[float]]] = {metric: {} for metric in metrics}
-    for folder in track_folders(valid_dir):
+    valid_dirs = valid_dirs if isinstance(valid_dirs, (list, tuple)) else [valid_dirs]
+    for folder in [track for valid_dir in valid_dirs for track in track_folders(Path(valid_dir))]:
         references, rate = read_stems(folder)
         mixture = mixture_of(references)
         if other_fix and "vocals" in references:
@@ -280,13 +282,14 @@ def freeze(model, prefixes: list[str]) -> int:
     return frozen
 
 
-def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          valid_dir: str | Path | None = None, init_checkpoint: str | Path | None = None, init_tolerant=False,
-          freeze_prefixes: list[str] | None = None, lora: bool = False, lora_checkpoint: str | Path | None = None,
-          model_type: str | None = None,
+def train(config: dict, data_dir: str | Path | list, run_dir: str | Path, *, resume: bool = False,
+          overwrite: bool = False, valid_dir: str | Path | list | None = None,
+          init_checkpoint: str | Path | None = None, init_tolerant=False, freeze_prefixes: list[str] | None = None,
+          lora: bool = False, lora_checkpoint: str | Path | None = None, model_type: str | None = None,
           device="cpu", precision: str = "auto", stop_after: int | None = None, progress: bool = True,
           report=print) -> dict:
-    """Train the model a config describes on the data under `data_dir`; returns the final log record (with
+    """Train the model a config describes on the data under `data_dir` (and validate on `valid_dir`: a folder, or
+    several as a list, as MSST's `--data_path` and `--valid_path`); returns the final log record (with
     `interrupted: True` when a signal stopped it). `stop_after` ends the run after that many optimizer steps (as an
     interruption would). `report` receives the one-line notes (skipped tracks, warm-start treatment)."""
     from .checkpoint import load_state_dict
@@ -442,7 +445,7 @@ def train(config: dict, data_dir: str | Path, run_dir: str | Path, *, resume: bo
                       "seconds": time.perf_counter() - started}
             if validates and (epoch_ends or (training.validate_every and step % training.validate_every == 0)):
                 record["valid"] = validate(_load_validation_weights(validation_model, model, ema), config,
-                                           Path(valid_dir), device, training.metrics, training.other_fix)
+                                           valid_dir, device, training.metrics, training.other_fix)
                 scores = list(record["valid"][training.metric_for_scheduler].values())
                 mean = float(np.mean(scores)) if scores else -math.inf
                 if mean > best:

@@ -87,9 +87,10 @@ class _Source:
 
 
 class StemChunks(torch.utils.data.Dataset):
-    """`items_per_epoch` random chunks of `chunk_samples` from `root` (a folder, or a CSV file for type 3)."""
+    """`items_per_epoch` random chunks of `chunk_samples` from `roots` (a folder, or a CSV file for type 3; or a list
+    of them, as MSST's `--data_path` takes several, drawn from as one set)."""
 
-    def __init__(self, root: str | Path, stems: list[str], chunk_samples: int, *, items_per_epoch: int = 1000,
+    def __init__(self, roots: str | Path | list, stems: list[str], chunk_samples: int, *, items_per_epoch: int = 1000,
                  dataset_type: int = 1, min_mean_abs: float = 0.0, augmentations: Augmentations | None = None,
                  seed: int = 0, sample_rate: int = 44100, channels: int = 2, max_draws: int = 20,
                  max_class_presence_ratio: float = 0.4):
@@ -104,13 +105,14 @@ class StemChunks(torch.utils.data.Dataset):
         self.mixture_transforms = _audiomentations(chosen.mixture, MIXTURE_AUDIOMENTATIONS)
         self.epoch = 0
         self.problems: list[str] = []
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"dataset folder not found: {root}")
+        roots = [Path(root) for root in (roots if isinstance(roots, (list, tuple)) else [roots])]
+        for root in roots:
+            if not root.exists():
+                raise FileNotFoundError(f"dataset folder not found: {root}")
         if self.dataset_type in (2, 3):
-            self.sources = self._index_sources(root)
+            self.sources = self._index_sources(roots)
         else:
-            self.tracks = self._index_tracks(root)
+            self.tracks = self._index_tracks(roots)
             if self.dataset_type == 7:
                 self.class_tracks = self._class_tracks(max_class_presence_ratio)
 
@@ -131,11 +133,12 @@ class StemChunks(torch.utils.data.Dataset):
             return None
         return frames
 
-    def _index_tracks(self, root: Path) -> list[_Track]:
-        if not root.is_dir():
-            raise FileNotFoundError(f"dataset folder not found: {root}")
+    def _index_tracks(self, roots: list[Path]) -> list[_Track]:
+        for root in roots:
+            if not root.is_dir():
+                raise FileNotFoundError(f"dataset folder not found: {root}")
         tracks = []
-        for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        for folder in [path for root in roots for path in sorted(root.iterdir()) if path.is_dir()]:
             files = {stem: stem_file(folder, stem) for stem in self.stems}
             missing = [stem for stem, path in files.items() if path is None]
             files = {stem: path for stem, path in files.items() if path is not None}
@@ -150,21 +153,24 @@ class StemChunks(torch.utils.data.Dataset):
                 tracks.append(_Track(folder, frames, files))
         if not tracks:
             detail = "; ".join(self.problems[:5]) or "no track folders"
-            raise ValueError(f"{root}: no usable tracks with stems {self.stems} ({detail})")
+            raise ValueError(f"{', '.join(map(str, roots))}: no usable tracks with stems {self.stems} ({detail})")
         return tracks
 
-    def _index_sources(self, root: Path) -> dict[str, list[_Source]]:
-        if self.dataset_type == 2:
-            if not root.is_dir():
-                raise FileNotFoundError(f"dataset folder not found: {root}")
-            listed = {stem: sorted(p for p in (root / stem).glob("*") if p.suffix.lower() in STEM_EXTENSIONS)
-                      for stem in self.stems}
-        else:
-            with open(root, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            if rows and not {"instrum", "path"} <= set(rows[0]):
-                raise ValueError(f"{root}: a dataset CSV needs the columns instrum,path (found {sorted(rows[0])})")
-            listed = {stem: [Path(row["path"]) for row in rows if row["instrum"] == stem] for stem in self.stems}
+    def _index_sources(self, roots: list[Path]) -> dict[str, list[_Source]]:
+        listed = {stem: [] for stem in self.stems}
+        for root in roots:
+            if self.dataset_type == 2:
+                if not root.is_dir():
+                    raise FileNotFoundError(f"dataset folder not found: {root}")
+                for stem in self.stems:
+                    listed[stem] += sorted(p for p in (root / stem).glob("*") if p.suffix.lower() in STEM_EXTENSIONS)
+            else:
+                with open(root, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                if rows and not {"instrum", "path"} <= set(rows[0]):
+                    raise ValueError(f"{root}: a dataset CSV needs the columns instrum,path (found {sorted(rows[0])})")
+                for stem in self.stems:
+                    listed[stem] += [Path(row["path"]) for row in rows if row["instrum"] == stem]
         sources = {}
         for stem, paths in listed.items():
             sources[stem] = []
@@ -178,7 +184,8 @@ class StemChunks(torch.utils.data.Dataset):
         empty = [stem for stem, found in sources.items() if not found]
         if empty:
             detail = "; ".join(self.problems[:5])
-            raise ValueError(f"{root}: no usable files for stems {empty}" + (f" ({detail})" if detail else ""))
+            raise ValueError(f"{', '.join(map(str, roots))}: no usable files for stems {empty}"
+                             + (f" ({detail})" if detail else ""))
         return sources
 
     def _class_tracks(self, max_ratio: float) -> dict[int, list[int]]:
