@@ -108,9 +108,10 @@ def test_train_command_passes_msst_loss_flags_and_trains(tmp_path, data, monkeyp
     monkeypatch.setattr("bs_roformer.train.build_standard_loss", recording_build)
     assert cli.main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(data / "train"), "-q", "--out",
                      str(tmp_path / "run"), "--use-standard-loss", "--loss", "masked_loss", "mse_loss",
-                     "--mse-loss-coef", "2.5", "--metrics", "si_sdr", "--seed", "3", "--num-workers", "0"]) == 0
+                     "--mse-loss-coef", "2.5", "--metrics", "si_sdr", "--seed", "0", "--num-workers", "0"]) == 0
     assert seen["terms"] == {"masked_loss": 1.0, "mse_loss": 2.5}
-    assert (seen["training"].metrics, seen["training"].seed) == (["si_sdr", "sdr"], 3)  # as MSST: sdr added
+    # as MSST: sdr added; --seed 0 overrides the config's seed 5
+    assert (seen["training"].metrics, seen["training"].seed) == (["si_sdr", "sdr"], 0)
     records = [yaml.safe_load(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(0 < record["loss"] < 10 for record in records)
 

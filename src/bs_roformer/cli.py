@@ -249,7 +249,7 @@ def train_command(args) -> int:
     msst_flags = ("dataset_type", "metric_for_scheduler", "metrics", "seed", "num_workers", "use_standard_loss", "loss",
                   *(f"{name}_coef" for name in LOSSES))
     for key in msst_flags:
-        if getattr(args, key, None) not in (None, False):  # MSST passes these on the command line
+        if getattr(args, key, None) is not None:  # MSST passes these on the command line
             config["training"][key] = getattr(args, key)
     init = args.init
     if init and not Path(init).exists():  # not a file: a published model's id
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default sdr; the scheduler's metric is always added)")
     train.add_argument("--seed", type=int, help="random seed of the data, initialisation and dropout (default 0)")
     train.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
-    train.add_argument("--use-standard-loss", action="store_true",
+    train.add_argument("--use-standard-loss", action="store_true", default=None,
                        help="train on --loss instead of the model's own loss (MSST's --use_standard_loss)")
     train.add_argument("--loss", nargs="+", metavar="LOSS",
                        help="MSST's loss terms, summed with their --<loss>-coef (default masked_loss, which reads "

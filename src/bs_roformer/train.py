@@ -300,6 +300,11 @@ def train(config: dict, data_dir: str | Path | list, run_dir: str | Path, *, res
     replaced = check_run_dir(run_dir, resume, overwrite)
     rank, world, device = setup_distributed(torch.device(device))
     main_process = rank == 0  # logs, validates and writes checkpoints
+    if lora and not config.get("lora"):
+        raise ValueError("--lora needs the config's lora: section, as in MSST: its rank r, lora_alpha and "
+                         "lora_dropout (for example lora: {r: 8, lora_alpha: 16, lora_dropout: 0.05})")
+    if lora_checkpoint and not lora:
+        raise ValueError("--lora-checkpoint starts LoRA training from an adapter: add --lora")
     if model_type and training.model_type and model_type != training.model_type:
         raise ValueError(f"--model-type {model_type} but the config's training.model_type is {training.model_type}")
     chosen = model_type or training.model_type
@@ -311,11 +316,6 @@ def train(config: dict, data_dir: str | Path | list, run_dir: str | Path, *, res
     if init_checkpoint:  # fine-tuning a published model
         for line in warm_start(model, load_state_dict(init_checkpoint), config, model_type, init_tolerant):
             report(f"--init: {line}")
-    if lora and not config.get("lora"):
-        raise ValueError("--lora needs the config's lora: section, as in MSST: its rank r, lora_alpha and "
-                         "lora_dropout (for example lora: {r: 8, lora_alpha: 16, lora_dropout: 0.05})")
-    if lora_checkpoint and not lora:
-        raise ValueError("--lora-checkpoint starts LoRA training from an adapter: add --lora")
     if lora:
         from .lora import add_lora, load_adapter
 
