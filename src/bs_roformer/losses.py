@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def masked_loss(estimate: torch.Tensor, target: torch.Tensor, q: float, coarse: bool = True) -> torch.Tensor:
     error = F.mse_loss(estimate, target, reduction="none").transpose(0, 1)  # (stems, batch, channels, samples)
     if coarse:
