@@ -43,7 +43,11 @@ def test_lora_training_changes_only_adapters_saved_in_loralib_layout(tmp_path):
     assert all(torch.allclose(merged[key], plain[key], atol=1e-6) for key in plain)
 
 
-def test_lora_training_starts_from_an_adapter_file(tmp_path):
+def test_lora_training_starts_from_an_adapter_file(tmp_path, capsys):
+    import yaml
+
+    from bs_roformer.cli import main
+
     write_dataset(tmp_path / "train", tracks=2, seconds=1.0, seed=1)
     torch.manual_seed(0)
     base = build_model(CONFIG, "bs_roformer")
@@ -57,9 +61,11 @@ def test_lora_training_starts_from_an_adapter_file(tmp_path):
     torch.save(adapter, tmp_path / "adapter.pt")
     lines = []
     config = dict(CONFIG, training=dict(CONFIG["training"], lr=0.0))  # lr 0: the run ends where it starts
-    train(config, tmp_path / "train", tmp_path / "run", init_checkpoint=tmp_path / "base.ckpt", lora=True,
-          lora_checkpoint=tmp_path / "adapter.pt", progress=False, report=lines.append)
-    assert f"--lora-checkpoint: {len(adapter)} adapter tensors loaded" in lines
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "-c", str(tmp_path / "config.yaml"), "--data", str(tmp_path / "train"), "--out",
+                 str(tmp_path / "run"), "--init", str(tmp_path / "base.ckpt"), "--lora", "--lora-checkpoint",
+                 str(tmp_path / "adapter.pt"), "-q"]) == 0
+    assert f"--lora-checkpoint: {len(adapter)} adapter tensors loaded" in capsys.readouterr().err
     saved = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[key], adapter[key]) for key in adapter)
 
